@@ -1,0 +1,98 @@
+"""The model-host protocol every math module talks to, and batch helpers for conditionings.
+
+A conditioning is either a tensor (SD1/SD2: token embeddings, batch first) or a dict of tensors,
+each batch first (SDXL: cross-attention context plus the pooled/size vector). The math never looks
+inside a conditioning; it only concatenates, repeats, selects and blends it with the helpers below.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Protocol, Sequence, Union, runtime_checkable
+
+import torch
+
+Conditioning = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a model host provides (diffusers, the WebUI, a test double).
+
+    Attributes:
+        parameterization: "eps" or "v" — what the UNet predicts.
+        alphas_cumprod: float32 tensor of the training schedule's ᾱ_t, one entry per DDPM timestep.
+        device, dtype: where and in which precision the UNet runs (latent math stays float32).
+        latent_channels: channels of the VAE latent (4 for SD).
+        vae_scale: pixel size of one latent cell (8 for SD).
+        identity: a short string naming the model weights (hash), used in cache keys and sidecars.
+        lora_identity: a string naming the LoRA set and weights currently applied ("" for none).
+    """
+
+    parameterization: str
+    alphas_cumprod: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype
+    latent_channels: int
+    vae_scale: int
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def lora_identity(self) -> str: ...
+
+    def encode_prompts(self, prompts: Sequence[str], width: int, height: int) -> Conditioning:
+        """Text conditioning for a batch of prompts (width/height feed SDXL's size vector)."""
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B,3,H,W) in [-1,1] → latents: the VAE posterior's mode times the scale factor."""
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → images (B,3,H,W) in [-1,1]."""
+
+    def unet(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """One UNet evaluation: x_t (B,C,h,w), DDPM timesteps (B,), conditioning → model output."""
+
+
+def cond_batch_size(cond: Conditioning) -> int:
+    if isinstance(cond, dict):
+        return next(iter(cond.values())).shape[0]
+    return cond.shape[0]
+
+
+def cond_cat(conds: Sequence[Conditioning]) -> Conditioning:
+    """Concatenate conditionings along the batch dimension."""
+    if isinstance(conds[0], dict):
+        return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
+    return torch.cat(list(conds))
+
+
+def cond_select(cond: Conditioning, index: Union[slice, torch.Tensor, Sequence[int]]) -> Conditioning:
+    """Pick batch entries (slice or index list)."""
+    if isinstance(cond, dict):
+        return {key: value[index] for key, value in cond.items()}
+    return cond[index]
+
+
+def cond_expand(cond: Conditioning, batch: int) -> Conditioning:
+    """Repeat a batch-1 conditioning to `batch` entries; a conditioning of that size passes through."""
+    size = cond_batch_size(cond)
+    if size == batch:
+        return cond
+    if size != 1:
+        raise ValueError(f"cannot expand a conditioning of batch {size} to {batch}")
+    if isinstance(cond, dict):
+        return {key: value.expand(batch, *value.shape[1:]) for key, value in cond.items()}
+    return cond.expand(batch, *cond.shape[1:])
+
+
+def cond_lerp(a: Conditioning, b: Conditioning, weights: torch.Tensor) -> Conditioning:
+    """Per-sample linear blend (1-w)·a + w·b of two batch-1 conditionings, one w per output entry."""
+
+    def blend(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w = weights.to(x.device, torch.float32).view(-1, *([1] * (x.dim() - 1)))
+        return ((1 - w) * x.float() + w * y.float()).to(x.dtype)
+
+    if isinstance(a, dict):
+        return {key: blend(a[key], b[key]) for key in a}
+    return blend(a, b)

@@ -1,0 +1,1 @@
+"""Model hosts implementing :class:`lib_smooth.backend.Backend` (optional extras)."""

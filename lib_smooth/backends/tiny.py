@@ -1,0 +1,119 @@
+"""Tiny random-weight models with the real SD1.x / SD2.x / SDXL architectures, built on the spot.
+
+Used by the tests and, until a trained small model ships, by ``python -m lib_smooth demo``. Widths are
+small but the structure is the real one: UNet2DConditionModel with cross-attention transformer blocks
+(SDXL: text-time added embedding), an 8× downsampling VAE with 4 latent channels and CLIP text
+encoders with the real 49,408-token tokenizer. Weights come from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .clip_tokenizer import VOCAB_SIZE, write_clip_tokenizer
+from .diffusers_backend import DiffusersBackend, _alphas_cumprod
+
+OUTPUT_SCALE = 0.1
+SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def _text_encoder_config(hidden: int, projection: int = 0) -> dict:
+    config = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    if projection:
+        config["projection_dim"] = projection
+    return config
+
+
+def _unet_config(arch: str, context_dim: int, pooled_dim: int) -> dict:
+    config = dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=context_dim, attention_head_dim=8, norm_num_groups=32,
+    )
+    if arch == "sd2":
+        config.update(attention_head_dim=(2, 4), use_linear_projection=True)
+    if arch == "sdxl":
+        config.update(
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2), use_linear_projection=True, attention_head_dim=(2, 4),
+            addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
+        )
+    return config
+
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=64,
+)
+
+
+def build_tiny_components(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | None = None) -> dict:
+    """Random-weight diffusers components of a tiny `arch` model ("sd1", "sd2" with v-prediction, "sdxl")."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    tokenizer_dir = Path(tokenizer_dir or tempfile.mkdtemp(prefix="lib_smooth_tokenizer_"))
+    if not (tokenizer_dir / "vocab.json").is_file():
+        write_clip_tokenizer(tokenizer_dir)
+    torch.manual_seed(seed)
+    if arch == "sdxl":
+        encoders = [CLIPTextModel(CLIPTextConfig(**_text_encoder_config(32))), CLIPTextModelWithProjection(CLIPTextConfig(**_text_encoder_config(32, projection=32)))]
+        context_dim, pooled_dim = 64, 32
+    else:
+        encoders = [CLIPTextModel(CLIPTextConfig(**_text_encoder_config(32)))]
+        context_dim, pooled_dim = 32, 0
+    unet = UNet2DConditionModel(**_unet_config(arch, context_dim, pooled_dim))
+    with torch.no_grad():
+        # A raw random init makes the prediction swing wildly with x_t, and DDIM inversion, which
+        # assumes ε(x_{t-1}) ≈ ε(x_t), then diverges; a trained denoiser varies gently. Scaling the
+        # output layer gives the random model that gentleness.
+        unet.conv_out.weight.mul_(OUTPUT_SCALE)
+        unet.conv_out.bias.mul_(OUTPUT_SCALE)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    return {
+        "unet": unet, "vae": vae, "text_encoders": encoders, "tokenizers": [tokenizer] * len(encoders),
+        "parameterization": "v" if arch == "sd2" else "eps", "arch": arch,
+    }
+
+
+def build_tiny_backend(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | None = None) -> DiffusersBackend:
+    parts = build_tiny_components(arch, seed, tokenizer_dir)
+    return DiffusersBackend(
+        parts["unet"], parts["vae"], parts["text_encoders"], parts["tokenizers"], _alphas_cumprod(SCHEDULER),
+        parts["parameterization"], parts["arch"],
+    )
+
+
+def save_diffusers_folder(backend: DiffusersBackend, folder: str | Path) -> Path:
+    """Write `backend` as a diffusers pipeline folder that `load_diffusers_folder` (and diffusers) can read."""
+    folder = Path(folder)
+    sdxl = backend.arch == "sdxl"
+    backend.unet_model.save_pretrained(folder / "unet")
+    backend.vae.save_pretrained(folder / "vae")
+    names = ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"]
+    for name, encoder, tokenizer in zip(names, backend.text_encoders, backend.tokenizers):
+        encoder.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name.replace("text_encoder", "tokenizer"))
+        # vocab.json + merges.txt as well, so older transformers (the WebUI's 4.30) read the folder too.
+        write_clip_tokenizer(folder / name.replace("text_encoder", "tokenizer"), pad_token=tokenizer.pad_token)
+    scheduler = dict(SCHEDULER, _class_name="DDIMScheduler", prediction_type="v_prediction" if backend.parameterization == "v" else "epsilon",
+                     steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline, "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "DDIMScheduler"]}
+    for name in names:
+        index[name] = ["transformers", "CLIPTextModelWithProjection" if name == "text_encoder_2" else "CLIPTextModel"]
+        index[name.replace("text_encoder", "tokenizer")] = ["transformers", "CLIPTokenizer"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

@@ -1,0 +1,248 @@
+"""``python -m lib_smooth``: Smooth Diffusion from the command line.
+
+Job options are generated from the request models in :mod:`lib_smooth.requests`, so the CLI, the
+WebUI and the API accept the same settings with the same limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import __version__
+from .errors import SmoothDiffusionError
+from .export import ANIMATION_FORMATS, write_animation, write_json, write_pngs
+from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, validate
+from .metrics import EXPLANATIONS
+
+JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
+SUMMARIES = {
+    "interpolate": "frames between two ends (images are DDIM-inverted; seeds give noise), x_T slerped, prompts lerped",
+    "invert": "DDIM-invert an image, reconstruct it and report MSE / PSNR / SSIM (LPIPS when available)",
+    "edit": "invert an image, then reconstruct it switching to a target prompt for the last steps",
+    "istd": "ISTD smoothness (and scale-free companions) of the model on prompts, as in the paper",
+}
+
+
+# --- option building -----------------------------------------------------------------------------
+
+def _add_request_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    group = parser.add_argument_group("job settings")
+    for spec in dataclasses.fields(cls):
+        meta, flag = spec.metadata, "--" + spec.name.replace("_", "-")
+        help_text = meta["help"]
+        if meta.get("low") is not None:
+            help_text += f" [{meta['low']:g}..{meta['high']:g}]"
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": default, "help": help_text + f" (default: {default!r})"}
+        if kind == "bool":
+            group.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        kwargs["type"] = {"int": int, "float": float}.get(kind, str)
+        if meta.get("kind") == "image":
+            kwargs["metavar"] = "IMAGE"
+        group.add_argument(flag, **kwargs)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="diffusers folder or single-file .safetensors/.ckpt checkpoint (SD1.x, SD2.x, SDXL). "
+                       "Default: a tiny random-weight SD1-architecture model built on the spot (shows the pipeline, not real images)")
+    group.add_argument("--prediction", choices=("eps", "v"), help="override the model's prediction type (SD2 768-v checkpoints: v)")
+    group.add_argument("--model-config", help="local diffusers config folder for a single-file checkpoint (offline)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    group.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="UNet/VAE precision (default: float32)")
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default_out: str, animation: bool) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    if animation:
+        group.add_argument("--formats", nargs="+", default=["gif"], choices=ANIMATION_FORMATS, help="animation formats; mp4 needs ffmpeg on PATH (default: gif)")
+        group.add_argument("--fps", type=float, default=16.0, help="animation frame rate (official demo: 16)")
+        group.add_argument("--cache-dir", help="keep inverted latents here so later runs skip the inversion")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lib_smooth", description="Smooth Diffusion (CVPR 2024): smooth interpolation, inversion, editing, ISTD and Smooth-LoRA files.")
+    parser.add_argument("--version", action="version", version=f"lib_smooth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run an interpolation and an inversion on a built-in model and write GIFs, PNGs and report.json",
+                          description="Runs seed-to-seed and prompt-to-prompt interpolations, an image-to-image interpolation through inversion "
+                                      "and an inversion + reconstruction, then writes GIFs, PNGs, report.json and index.html.")
+    _add_model_options(demo)
+    demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    demo.add_argument("--steps", type=int, default=25, help="DDIM steps (default: 25)")
+    demo.add_argument("--frames", type=int, default=16, help="frames per interpolation (default: 16)")
+    demo.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64, the built-in model's size)")
+    demo.add_argument("--lora", help="Smooth-LoRA file to apply")
+    demo.add_argument("--lora-weight", type=float, default=1.0, help="LoRA multiplier (default: 1)")
+
+    for name, cls in JOBS.items():
+        job = sub.add_parser(name, help=SUMMARIES[name], description=SUMMARIES[name])
+        _add_request_options(job, cls)
+        _add_model_options(job)
+        _add_output_options(job, f"outputs/{name}", animation=(name == "interpolate"))
+
+    convert = sub.add_parser("convert-lora", help="convert a LoRA (kohya, diffusers/PEFT or official Smooth-LoRA) to a kohya file for the WebUI and sd-scripts")
+    convert.add_argument("input", help="LoRA file to read")
+    convert.add_argument("output", help="kohya .safetensors file to write (never overwritten unless --overwrite)")
+    convert.add_argument("--arch", choices=("auto", "sd1", "sd2", "sdxl"), default="auto", help="model family for UNet key names (default: guessed from the file)")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    convert.add_argument("--half", action="store_true", help="store fp16 tensors")
+
+    inspect = sub.add_parser("inspect-lora", help="show a LoRA file's format, family, layers, ranks and metadata")
+    inspect.add_argument("file", help="LoRA file")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    tokenizer = sub.add_parser("make-tokenizer", help="write the CLIP tokenizer files (vocab.json, merges.txt, configs) offline from the open-clip-torch wheel")
+    tokenizer.add_argument("folder", help="folder to write into")
+    tokenizer.add_argument("--pad-token", default="<|endoftext|>", help='pad token: "<|endoftext|>" (SD1, SDXL first encoder) or "!" (SD2, SDXL second encoder)')
+    return parser
+
+
+# --- running -------------------------------------------------------------------------------------
+
+def _progress_bar(description: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int, _latent) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
+def load_backend(args: argparse.Namespace):
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    if args.model:
+        from .backends.diffusers_backend import load_model
+
+        return load_model(args.model, device=args.device, dtype=dtype, prediction=args.prediction, config_dir=args.model_config)
+    from .backends.tiny import build_tiny_backend
+
+    print("note: no --model given: using a tiny random-weight SD1-architecture model built on the spot; "
+          "its images are abstract noise patterns and only show the pipeline working", file=sys.stderr)
+    return build_tiny_backend("sd1")
+
+
+def _request_from_args(cls: type, args: argparse.Namespace):
+    return validate(cls(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(cls)}))
+
+
+def run_job(name: str, args: argparse.Namespace) -> dict:
+    from .cache import InversionCache
+    from .jobs import run_interpolate, run_invert, run_istd
+
+    request = _request_from_args(JOBS[name], args)
+    backend = load_backend(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar, update = _progress_bar(name)
+    try:
+        if name == "interpolate":
+            result = run_interpolate(backend, request, InversionCache(folder=args.cache_dir), update)
+            bar.close()
+            record = dict(result.sidecar, files={"frames": [str(p) for p in write_pngs(result.frames, out / "frames")],
+                                                "animation": write_animation(result.frames, out / "interpolation", args.formats, args.fps)})
+        elif name in ("invert", "edit"):
+            result = run_invert(backend, request, progress=update)
+            bar.close()
+            files = {"input": out / "input.png", "reconstruction": out / "reconstruction.png"}
+            if result.edited is not None:
+                files["edited"] = out / "edited.png"
+                result.edited.save(files["edited"])
+            result.input.save(files["input"])
+            result.reconstruction.save(files["reconstruction"])
+            record = dict(result.sidecar, files={k: str(v) for k, v in files.items()})
+        else:
+            result = run_istd(backend, request, update)
+            bar.close()
+            record = dict(result.sidecar, explanations=EXPLANATIONS)
+    finally:
+        bar.close()
+    write_json(record, out / f"{name}.json")
+    return record
+
+
+def _print_summary(name: str, record: dict, out: str) -> None:
+    if name in ("invert", "edit"):
+        metrics = record["metrics"]
+        lpips = f"{metrics['lpips']:.4f}" if metrics["lpips"] is not None else metrics.get("lpips_note", "unavailable")
+        print(f"reconstruction: MSE {metrics['mse']:.4f}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  LPIPS {lpips}")
+    if name == "istd":
+        for label, key in (("with LoRA" if record.get("lora") else "model", "istd"), ("without LoRA", "istd_without_lora")):
+            if key in record:
+                mean = record[key]["mean"]
+                print(f"{label}: " + "  ".join(f"{field} {mean[field]:.4g}" for field in EXPLANATIONS))
+        for field, text in EXPLANATIONS.items():
+            print(f"  {field}: {text}")
+    print(f"wrote {out}/{name}.json")
+
+
+def inspect_lora(path: str, as_json: bool) -> None:
+    from .lora_formats import load_lora
+
+    network = load_lora(path)
+    ranks = sorted({layer.rank for layer in network.layers.values()})
+    components = {}
+    for name in network.layers:
+        prefix = name.split("_")[1]
+        components[prefix] = components.get(prefix, 0) + 1
+    info = {
+        "file": path, "format": network.source_format, "family": network.arch or "unknown (SD1/SD2 naming)",
+        "layers": len(network.layers), "layers_by_component": components, "ranks": ranks,
+        "alphas": sorted({layer.alpha for layer in network.layers.values()}, key=lambda a: (a is None, a or 0)),
+        "sha256": network.sha256, "metadata": {k: v for k, v in network.metadata.items() if len(v) < 200},
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        print(f"{key}: {value}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args)
+        elif args.command in JOBS:
+            _print_summary(args.command, run_job(args.command, args), args.out)
+        elif args.command == "convert-lora":
+            import torch
+
+            from .lora_formats import load_lora, save_kohya
+
+            network = load_lora(args.input, arch=None if args.arch == "auto" else args.arch)
+            save_kohya(network, args.output, overwrite=args.overwrite, dtype=torch.float16 if args.half else None)
+            print(f"wrote {args.output}: {len(network.layers)} layers from a {network.source_format} file, weight deltas unchanged")
+        elif args.command == "inspect-lora":
+            inspect_lora(args.file, args.json)
+        elif args.command == "make-tokenizer":
+            from .backends.clip_tokenizer import write_clip_tokenizer
+
+            print(f"wrote the CLIP tokenizer to {write_clip_tokenizer(Path(args.folder), args.pad_token)}")
+    except (SmoothDiffusionError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,163 @@
+"""The jobs behind the CLI, the WebUI panels and the API: one request in, images + metrics + sidecar out.
+
+Every job counts its UNet steps and reports them through `progress(done, total, latent)`, which may
+raise :class:`lib_smooth.errors.Interrupted` to stop within one step. A LoRA named in the request is
+applied for the job and always removed afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+from PIL import Image
+
+from .backend import Backend
+from .cache import InversionCache
+from .evaluate import IstdReport, evaluate_istd
+from .export import sidecar
+from .images import png_bytes, tensor_to_pils
+from .interpolate import render_frames, seed_noise
+from .invert import invert_image, prepare_image, reconstruct
+from .lora_formats import load_lora
+from .metrics import reconstruction_metrics
+from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, validate
+
+Progress = Callable[[int, int, Optional[torch.Tensor]], None]
+
+
+class StepCounter:
+    """Turns per-step callbacks of several sampling loops into one done/total count."""
+
+    def __init__(self, total: int, progress: Optional[Progress]):
+        self.total, self.done, self.progress = total, 0, progress
+
+    def __call__(self, _index: int, _steps: int, latent: torch.Tensor) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, latent)
+
+    def finish(self) -> None:
+        """Report completion (steps skipped thanks to the inversion cache never ticked)."""
+        if self.progress is not None and self.done < self.total:
+            self.progress(self.total, self.total, None)
+
+
+@contextlib.contextmanager
+def lora_applied(backend: Backend, path: Optional[str], weight: float) -> Iterator[Optional[str]]:
+    """Apply the LoRA file for the duration of a job; yields its sha256 (None without a LoRA)."""
+    if not path:
+        yield None
+        return
+    if not hasattr(backend, "apply_lora"):
+        raise TypeError(f"{type(backend).__name__} cannot apply LoRA files itself; apply the LoRA in the host")
+    network = load_lora(path)
+    backend.apply_lora(network, weight)
+    try:
+        yield network.sha256
+    finally:
+        backend.remove_lora()
+
+
+def decode(backend: Backend, latents: torch.Tensor, batch_size: int = 8) -> List[Image.Image]:
+    images: List[Image.Image] = []
+    for start in range(0, len(latents), batch_size):
+        images.extend(tensor_to_pils(backend.decode_latents(latents[start : start + batch_size])))
+    return images
+
+
+def _sha(image: Image.Image) -> str:
+    return hashlib.sha256(png_bytes(image)).hexdigest()
+
+
+@dataclass
+class InterpolationResult:
+    frames: List[Image.Image]
+    sidecar: dict
+
+
+def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InterpolationResult:
+    """Frames between two ends, each end an inverted image or a seed's noise, prompts blended."""
+    r = validate(request)
+    prompt_b = r.prompt_b or r.prompt_a
+    ends = [(r.image_a, r.seed_a, r.prompt_a, "image_a"), (r.image_b, r.seed_b, prompt_b, "image_b")]
+    inversions = sum(1 for image, *_ in ends if image)
+    batches = -(-r.frames // r.batch_size)
+    counter = StepCounter(r.steps * (inversions + batches), progress)
+    shape = (1, backend.latent_channels, r.height // backend.vae_scale, r.width // backend.vae_scale)
+    with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
+        x_T, hashes = [], {}
+        for image, seed, prompt, name in ends:
+            if image:
+                picture = open_image_field(name, image)
+                hashes[name] = _sha(prepare_image(picture, r.width, r.height))
+                inversion = invert_image(backend, picture, prompt, r.steps, r.inversion_guidance, r.negative_prompt, r.width, r.height, r.inversion, cache, on_step=counter)
+                x_T.append(inversion.x_T)
+            else:
+                x_T.append(seed_noise(seed, shape))
+        cond_a = backend.encode_prompts([r.prompt_a], r.width, r.height)
+        cond_b = backend.encode_prompts([prompt_b], r.width, r.height) if prompt_b != r.prompt_a else cond_a
+        uncond = backend.encode_prompts([r.negative_prompt], r.width, r.height) if r.guidance != 1.0 else None
+        latents = render_frames(backend, x_T[0], x_T[1], cond_a, cond_b, uncond, r.frames, r.steps, r.guidance, r.batch_size, on_step=counter)
+        frames = decode(backend, latents, r.batch_size)
+        record = sidecar("interpolate", r, backend.identity, lora_sha, hashes)
+    counter.finish()
+    return InterpolationResult(frames, record)
+
+
+@dataclass
+class InversionResult:
+    input: Image.Image
+    reconstruction: Image.Image
+    metrics: dict
+    sidecar: dict
+    edited: Optional[Image.Image] = None
+    x_T: Optional[torch.Tensor] = field(default=None, repr=False)
+
+
+def run_invert(backend: Backend, request: InvertRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InversionResult:
+    """Invert → reconstruct (→ edit by prompt switch for an EditRequest); metrics of the reconstruction."""
+    r = validate(request)
+    editing = isinstance(r, EditRequest)
+    counter = StepCounter(r.steps * (3 if editing else 2), progress)
+    picture = prepare_image(open_image_field("image", r.image), r.width, r.height)
+    with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
+        inversion = invert_image(backend, picture, r.prompt, r.steps, r.inversion_guidance, r.negative_prompt, r.width, r.height, r.inversion, cache, on_step=counter)
+        reconstruction = decode(backend, reconstruct(backend, inversion, r.guidance, r.negative_prompt, on_step=counter))[0]
+        edited = None
+        if editing:
+            latent = reconstruct(backend, inversion, r.guidance, r.negative_prompt, r.target_prompt, r.switch_ratio, on_step=counter)
+            edited = decode(backend, latent)[0]
+        metrics = reconstruction_metrics(picture, reconstruction)
+        record = sidecar("edit" if editing else "invert", r, backend.identity, lora_sha, {"image": _sha(picture)}, {"metrics": metrics})
+    counter.finish()
+    return InversionResult(picture, reconstruction, metrics, record, edited, inversion.x_T)
+
+
+@dataclass
+class IstdResult:
+    with_lora: IstdReport
+    without_lora: Optional[IstdReport]
+    sidecar: dict
+
+
+def run_istd(backend: Backend, request: IstdRequest, progress: Optional[Progress] = None) -> IstdResult:
+    """The paper's ISTD protocol on the request's prompts, with the LoRA (and optionally without)."""
+    r = validate(request)
+    prompts = [p for p in r.prompts if p.strip()]
+    runs = 2 if (r.compare_without_lora and r.lora) else 1
+    per_run = len(prompts) * r.pairs * -(-r.points // r.batch_size) * r.steps
+    counter = StepCounter(per_run * runs, progress)
+    settings = dict(prompts=prompts, pairs=r.pairs, seed=r.seed, steps=r.steps, guidance=r.guidance, width=r.width, height=r.height,
+                    points=r.points, negative_prompt=r.negative_prompt, batch_size=r.batch_size, on_step=counter)
+    baseline = evaluate_istd(backend, **settings) if runs == 2 else None
+    with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
+        report = evaluate_istd(backend, **settings)
+        extra: Dict[str, dict] = {"istd": report.as_dict()}
+        if baseline is not None:
+            extra["istd_without_lora"] = baseline.as_dict()
+        record = sidecar("istd", r, backend.identity, lora_sha, {}, extra)
+    return IstdResult(report, baseline, record)

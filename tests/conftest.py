@@ -1,0 +1,54 @@
+"""Shared fixtures: the real CLIP tokenizer built offline and tiny real-architecture models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer
+
+    return write_clip_tokenizer(tmp_path_factory.mktemp("clip_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer_dir):
+    """Build each tiny model once per session; tests that change weights must restore them."""
+    from lib_smooth.backends.tiny import build_tiny_backend
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = build_tiny_backend(arch, seed=0, tokenizer_dir=tokenizer_dir)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture
+def sd1(tiny_models):
+    return tiny_models("sd1")
+
+
+class CountingBackend:
+    """Wraps a backend and counts UNet evaluations (calls and samples)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.samples = inner, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def unet(self, x, t, cond):
+        self.calls += 1
+        self.samples += x.shape[0]
+        return self.inner.unet(x, t, cond)
