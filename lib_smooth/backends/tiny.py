@@ -42,7 +42,8 @@ def _unet_config(arch: str, context_dim: int, pooled_dim: int) -> dict:
         config.update(attention_head_dim=(2, 4), use_linear_projection=True)
     if arch == "sdxl":
         config.update(
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            # two layers per block as in SDXL, so kohya's SGM block numbers are those of the real model
+            layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 2), use_linear_projection=True, attention_head_dim=(2, 4),
             addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
         )

@@ -1,0 +1,77 @@
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lib_smooth.cli import JOBS, build_parser, main
+
+
+def test_every_job_option_is_documented():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, cls in JOBS.items():
+        text = subparsers[name].format_help()
+        for spec in dataclasses.fields(cls):
+            assert "--" + spec.name.replace("_", "-") in text
+            assert spec.metadata["help"].split()[0] in text
+    for name in ("demo", "convert-lora", "inspect-lora", "make-tokenizer"):
+        assert subparsers[name].format_help()
+
+
+def test_demo_writes_gifs_pngs_report_and_index(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "3", "--frames", "4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["interpolations"]) == {"seeds", "prompts", "images"}
+    for item in report["interpolations"].values():
+        assert (out / item["gif"]).is_file() and item["smoothness"]["istd"] >= 0
+    assert len(list((out / "frames_seeds").glob("*.png"))) == 4
+    assert (out / "inversion_reconstruction.png").is_file() and "psnr" in report["inversion"]["metrics"]
+    assert "tiny random-weight" in report["model"] and (out / "index.html").read_text().count("<figure>") == 4
+    captured = capsys.readouterr()
+    assert "tiny random-weight" in captured.err and "report.json" in captured.out
+
+
+def test_interpolate_and_istd_commands(tmp_path, capsys):
+    out = tmp_path / "interp"
+    args = ["interpolate", "--prompt-a", "a cat", "--frames", "3", "--steps", "2", "--width", "64", "--height", "64", "--out", str(out), "--formats", "gif", "webp"]
+    assert main(args) == 0
+    record = json.loads((out / "interpolate.json").read_text())
+    assert record["settings"]["frames"] == 3 and (out / "interpolation.webp").is_file() and len(record["files"]["frames"]) == 3
+    assert main(["istd", "--prompts", "a cat", "a dog", "--points", "3", "--steps", "2", "--width", "64", "--height", "64", "--out", str(tmp_path / "istd")]) == 0
+    printed = capsys.readouterr().out
+    assert "normalized_istd" in printed and "mean step" in printed
+    istd = json.loads((tmp_path / "istd" / "istd.json").read_text())["istd"]
+    assert len(istd["per_prompt"]) == 2 and istd["resolution"] == [64, 64]
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["interpolate", "--prompt-a", "a", "--frames", "1", "--out", str(tmp_path)]) == 2
+    assert "frames must be between 2 and 240" in capsys.readouterr().err
+    assert main(["convert-lora", str(tmp_path / "missing.safetensors"), str(tmp_path / "out.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["invert", "--image", str(tmp_path / "nope.png"), "--out", str(tmp_path)]) == 2
+    assert "neither an image file path nor a base64" in capsys.readouterr().err
+
+
+def test_convert_and_inspect_lora(tmp_path, capsys):
+    tensors = {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.down.weight": torch.randn(8, 768),
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_lora.up.weight": torch.randn(320, 8),
+    }
+    save_file(tensors, str(tmp_path / "official.safetensors"))
+    assert main(["convert-lora", str(tmp_path / "official.safetensors"), str(tmp_path / "kohya.safetensors")]) == 0
+    assert main(["inspect-lora", str(tmp_path / "kohya.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["format"] == "kohya" and info["family"] == "sd1" and info["ranks"] == [8] and info["alphas"] == [8.0]
+    assert main(["convert-lora", str(tmp_path / "official.safetensors"), str(tmp_path / "kohya.safetensors")]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "lib_smooth", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "demo" in result.stdout and "convert-lora" in result.stdout

@@ -1,0 +1,224 @@
+import math
+import warnings
+
+import pytest
+import torch
+
+from lib_smooth.regularizer import (
+    StepwiseVariationRegularizer, UnsupportedTrainingSetting, check_options, check_training_settings, default_direction,
+    double_backward_attention, predict_x0, variation_norm, variation_norm_fd,
+)
+
+SHAPE = (2, 3, 2)  # C, H, W of the toy latents
+D = 12
+
+
+class ToyUNet(torch.nn.Module):
+    """A small non-linear per-sample map standing in for the UNet: out = tanh(W·x + b)·2 + t/1000."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(D, D, generator=g, dtype=torch.float64) / D**0.5)
+        self.bias = torch.nn.Parameter(torch.randn(D, generator=g, dtype=torch.float64) * 0.1)
+
+    def forward(self, x, t):
+        flat = x.flatten(1)
+        return (2 * torch.tanh(flat @ self.weight.T + self.bias) + t[:, None] / 1000).view_as(x)
+
+
+def brute_force_r(model, x_t, t, alphas, parameterization, y):
+    """(1 − ᾱ)·‖Jᵀy‖ with J from torch.autograd.functional.jacobian, one sample at a time."""
+    values = []
+    for i in range(x_t.shape[0]):
+        a = alphas[i : i + 1]
+        f = lambda x: predict_x0(model(x, t[i : i + 1]), x, a, parameterization).flatten()  # noqa: E731
+        jacobian = torch.autograd.functional.jacobian(f, x_t[i : i + 1]).reshape(D, D)
+        values.append((1 - a[0]) * (jacobian.T @ y[i].flatten()).norm())
+    return torch.stack(values)
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "v"])
+def test_variation_norm_matches_a_brute_force_jacobian(parameterization):
+    model = ToyUNet()
+    t = torch.tensor([10, 400, 990])
+    alphas = torch.tensor([0.98, 0.45, 0.006], dtype=torch.float64)
+    x_t = torch.randn(3, *SHAPE, dtype=torch.float64, requires_grad=True)
+    y = default_direction(x_t.detach(), torch.Generator().manual_seed(1))
+    x0 = predict_x0(model(x_t, t), x_t, alphas, parameterization)
+    r = variation_norm(x0, x_t, alphas, y)
+    assert torch.allclose(r, brute_force_r(model, x_t.detach(), t, alphas, parameterization, y), rtol=1e-10)
+
+
+def test_variation_norm_equals_the_official_gradient_wrt_noise():
+    # official: r = ‖∇_ε (x̂₀ · √(1−ᾱ)·y)‖ with x_t built from a leaf ε
+    model = ToyUNet(seed=2)
+    alphas, t = torch.tensor([0.7, 0.1], dtype=torch.float64), torch.tensor([300, 800])
+    x0_clean = torch.randn(2, *SHAPE, dtype=torch.float64)
+    eps = torch.randn(2, *SHAPE, dtype=torch.float64, requires_grad=True)
+    a = alphas.view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0_clean + (1 - a).sqrt() * eps
+    y = default_direction(x0_clean, torch.Generator().manual_seed(3))
+    x0 = predict_x0(model(x_t, t), x_t, alphas, "eps")
+    (grad_eps,) = torch.autograd.grad((x0 * (1 - a).sqrt() * y).sum(), eps, retain_graph=True)
+    ours = variation_norm(x0, x_t, alphas, y)
+    assert torch.allclose(ours, grad_eps.flatten(1).norm(dim=1), rtol=1e-10)
+
+
+def test_default_direction_has_norm_near_one():
+    y = default_direction(torch.zeros(64, 4, 64, 64))
+    assert y.flatten(1).norm(dim=1).mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+def run(reg, model, x_t, t, alphas, y, **kwargs):
+    x_t = x_t.clone().requires_grad_(True)
+    x0 = predict_x0(model(x_t, t), x_t, alphas, "eps")
+    return reg(x0, x_t, alphas, y, **kwargs)
+
+
+def test_moving_target_and_penalty_by_hand():
+    model, reg = ToyUNet(), StepwiseVariationRegularizer(weight=2.0, ema_decay=0.5)
+    t, alphas = torch.tensor([100, 600]), torch.tensor([0.9, 0.3], dtype=torch.float64)
+    a = 0.0
+    for step in range(3):
+        x_t = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        y = default_direction(x_t, torch.Generator().manual_seed(10 + step))
+        r = brute_force_r(model, x_t, t, alphas, "eps", y)
+        a = a + 0.5 * (r.mean().item() - a)
+        penalty, stats = run(reg, model, x_t, t, alphas, y)
+        assert stats["target_a"] == pytest.approx(a, rel=1e-10)
+        assert stats["variation_mean"] == pytest.approx(r.mean().item(), rel=1e-10)
+        assert penalty.item() == pytest.approx(2.0 * ((r - a) ** 2).mean().item(), rel=1e-10)
+    assert reg.updates == 3
+
+
+def test_target_update_stays_in_the_graph():
+    # d penalty / d r_i differs from the detached-target version by the a-term: check against autograd on r directly
+    r = torch.tensor([1.0, 3.0], dtype=torch.float64, requires_grad=True)
+    a_prev, decay = 0.5, 0.1
+    a = a_prev + decay * (r.mean() - a_prev)
+    ((r - a) ** 2).mean().backward()
+    a_value = a_prev + decay * (2.0 - a_prev)
+    by_hand = [(ri - a_value) - decay * ((1.0 - a_value) + (3.0 - a_value)) / 2 for ri in (1.0, 3.0)]
+    assert r.grad.tolist() == pytest.approx(by_hand)
+    model, reg = ToyUNet(), StepwiseVariationRegularizer(ema_decay=1.0)  # decay 1: a = mean r, so r − a sums to 0
+    x_t = torch.randn(2, *SHAPE, dtype=torch.float64)
+    penalty, _ = run(reg, model, x_t, torch.tensor([1, 2]), torch.tensor([0.5, 0.5], dtype=torch.float64), None)
+    penalty.backward()
+    assert model.weight.grad is not None and model.weight.grad.abs().sum() > 0
+
+
+def test_lazy_interval_runs_every_kth_call_with_k_times_the_weight():
+    model, reg = ToyUNet(), StepwiseVariationRegularizer(weight=1.0, interval=3, ema_decay=0.01)
+    t, alphas = torch.tensor([100, 600]), torch.tensor([0.9, 0.3], dtype=torch.float64)
+    x_t = torch.randn(2, *SHAPE, dtype=torch.float64)
+    y = default_direction(x_t, torch.Generator().manual_seed(0))
+    r = brute_force_r(model, x_t, t, alphas, "eps", y)
+    dues = []
+    for call in range(7):
+        dues.append(reg.due)
+        if not reg.due:
+            # no graph needed: a skipped call must not differentiate anything
+            penalty, stats = reg(torch.zeros(2, *SHAPE), torch.zeros(2, *SHAPE), alphas)
+            assert penalty.item() == 0.0 and stats["penalty"] == 0.0
+            continue
+        a_before = reg.target_a
+        penalty, stats = run(reg, model, x_t, t, alphas, y)
+        a = a_before + 0.01 * (r.mean().item() - a_before)
+        assert penalty.item() == pytest.approx(3 * ((r - a) ** 2).mean().item(), rel=1e-10)
+    assert dues == [True, False, False, True, False, False, True]
+    assert reg.state_dict() == {"target_a": reg.target_a, "calls": 7, "updates": 3}
+
+
+def test_batch_shrink_uses_the_first_samples_through_an_extra_forward():
+    model = ToyUNet()
+    t, alphas = torch.tensor([100, 600, 900, 50]), torch.tensor([0.9, 0.3, 0.02, 0.95], dtype=torch.float64)
+    x_t = torch.randn(4, *SHAPE, dtype=torch.float64)
+    y = default_direction(x_t, torch.Generator().manual_seed(5))
+    seen = []
+
+    def x0_fn(latents, indices):
+        seen.append(indices.tolist())
+        return predict_x0(model(latents, t[indices]), latents, alphas[indices], "eps")
+
+    reg = StepwiseVariationRegularizer(batch_shrink=3, ema_decay=1.0)
+    penalty, stats = run(reg, model, x_t, t, alphas, y, x0_fn=x0_fn)
+    r = brute_force_r(model, x_t, t, alphas, "eps", y)[:2]  # ⌈4/3⌉ = 2 samples
+    assert seen == [[0, 1]]
+    assert stats["variation_mean"] == pytest.approx(r.mean().item(), rel=1e-10)
+    with pytest.raises(ValueError, match="needs x0_fn"):
+        run(StepwiseVariationRegularizer(batch_shrink=2), model, x_t, t, alphas, y)
+
+
+def test_state_round_trip():
+    reg = StepwiseVariationRegularizer(interval=2)
+    reg.target_a, reg.calls, reg.updates = 0.123, 9, 5
+    other = StepwiseVariationRegularizer(interval=2)
+    other.load_state_dict(reg.state_dict())
+    assert other.state_dict() == {"target_a": 0.123, "calls": 9, "updates": 5} and other.due is False
+
+
+def test_finite_difference_jvp_is_exact_for_a_linear_model():
+    weight = torch.randn(D, D, dtype=torch.float64)
+    x0_of = lambda x: (x.flatten(1) @ weight.T).view_as(x)  # noqa: E731
+    x_t = torch.randn(2, *SHAPE, dtype=torch.float64)
+    u = default_direction(x_t, torch.Generator().manual_seed(7))
+    alphas = torch.tensor([0.8, 0.2], dtype=torch.float64)
+    r = variation_norm_fd(lambda x, idx: x0_of(x), x0_of(x_t), x_t, alphas, torch.arange(2), u, step=1e-3)
+    expected = (1 - alphas) * (u.flatten(1) @ weight.T).norm(dim=1)
+    assert torch.allclose(r, expected, rtol=1e-8)
+
+
+def test_vjp_and_jvp_statistics_agree_in_expectation():
+    # E‖Jᵀy‖² = E‖Ju‖² = ‖J‖²_F / n for y, u ~ N(0, I/n): both estimate the same RMS singular value
+    g = torch.Generator().manual_seed(0)
+    jacobian = torch.randn(D, D, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, D, dtype=torch.float64)
+    directions = torch.randn(20000, D, generator=g, dtype=torch.float64) / D**0.5
+    vjp = (directions @ jacobian).norm(dim=1).pow(2).mean()
+    jvp = (directions @ jacobian.T).norm(dim=1).pow(2).mean()
+    target = jacobian.pow(2).sum() / D
+    assert vjp.item() == pytest.approx(target.item(), rel=0.03) and jvp.item() == pytest.approx(target.item(), rel=0.03)
+
+
+def test_jvp_fd_method_trains_without_double_backward():
+    model = ToyUNet()
+    t, alphas = torch.tensor([100, 600]), torch.tensor([0.9, 0.3], dtype=torch.float64)
+    x_t = torch.randn(2, *SHAPE, dtype=torch.float64)
+    x0_fn = lambda latents, idx: predict_x0(model(latents, t[idx]), latents, alphas[idx], "eps")  # noqa: E731
+    reg = StepwiseVariationRegularizer(method="jvp_fd", ema_decay=1.0)
+    x0 = x0_fn(x_t, torch.arange(2))  # no requires_grad on x_t: no double backward possible
+    penalty, stats = reg(x0, x_t, alphas, x0_fn=x0_fn)
+    penalty.backward()
+    assert model.weight.grad.abs().sum() > 0 and math.isfinite(stats["variation_mean"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ((-1.0, 0.01, 1, 1, "vjp"), "smooth_lambda"), ((1.0, 0.0, 1, 1, "vjp"), "smooth_ema_decay"),
+    ((1.0, 0.01, 0, 1, "vjp"), "smooth_interval"), ((1.0, 0.01, 1, 1.5, "vjp"), "smooth_batch_shrink"),
+    ((1.0, 0.01, 1, 1, "hvp"), "smooth_method"),
+])
+def test_invalid_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        check_options(*options)
+
+
+def test_settings_that_break_double_backward_are_refused():
+    for flag in ("xformers", "mem_eff_attn", "torch_compile", "reentrant_checkpointing"):
+        with pytest.raises(UnsupportedTrainingSetting, match="double backward"):
+            check_training_settings(**{flag: True})
+        check_training_settings(method="jvp_fd", **{flag: True})  # no double backward needed
+    with pytest.warns(UserWarning, match="bf16"):
+        check_training_settings(mixed_precision="fp16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_training_settings(mixed_precision="bf16")
+
+
+def test_math_attention_supports_double_backward():
+    q = torch.randn(1, 2, 8, 4, requires_grad=True)
+    k, v = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4)
+    with double_backward_attention():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        (grad,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+        (second,) = torch.autograd.grad(grad.pow(2).sum(), q)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0
