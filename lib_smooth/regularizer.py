@@ -135,11 +135,9 @@ class StepwiseVariationRegularizer:
         direction: Optional[torch.Tensor] = None,
         x0_fn: Optional[X0Fn] = None,
     ) -> Tuple[torch.Tensor, Dict[str, float]]:
-        due = self.due
+        if not self.due:
+            return x0_pred.new_zeros(()), self.skip_step()
         self.calls += 1
-        if not due:
-            zero = x0_pred.new_zeros(())
-            return zero, {"variation_mean": float("nan"), "target_a": self.target_a, "penalty": 0.0}
         if self.needs_x0_fn and x0_fn is None:
             raise ValueError(f"method={self.method!r} with batch_shrink={self.batch_shrink} needs x0_fn (an extra forward on a subset)")
         r = self.variation(x0_pred, noisy_latents, alphas_cumprod_t, direction, x0_fn)
@@ -149,6 +147,11 @@ class StepwiseVariationRegularizer:
         self.target_a = float(a.detach())
         self.updates += 1
         return penalty, {"variation_mean": float(mean_r.detach()), "target_a": self.target_a, "penalty": float(penalty.detach())}
+
+    def skip_step(self) -> Dict[str, float]:
+        """Count a micro-step that does not regularize (lazy interval) without touching any graph."""
+        self.calls += 1
+        return {"variation_mean": float("nan"), "target_a": self.target_a, "penalty": 0.0}
 
     def variation(self, x0_pred: torch.Tensor, noisy_latents: torch.Tensor, alphas_cumprod_t: torch.Tensor,
                   direction: Optional[torch.Tensor], x0_fn: Optional[X0Fn]) -> torch.Tensor:
