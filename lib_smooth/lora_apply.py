@@ -49,6 +49,9 @@ def module_lookup(arch: str, unet: torch.nn.Module, text_encoders: Sequence[torc
     for component, encoder in zip(components, text_encoders):
         for path, module in encoder.named_modules():
             if isinstance(module, targets):
+                # LoRA files name CLIP layers "text_model.…" (transformers 4); transformers 5's
+                # CLIPTextModel dropped that wrapper, so restore it.
+                path = path if path.startswith("text_model.") or path == "text_projection" else "text_model." + path
                 lookup[kohya_name(component, path, arch)] = module
                 if arch != "sdxl" or component == "text_encoder":
                     # SD1 LoRAs written by diffusers' kohya converter use lora_te1_ for the only encoder.

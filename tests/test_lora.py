@@ -50,7 +50,8 @@ def test_official_format_converts_to_kohya_with_identical_deltas(sd1, tmp_path):
 
 
 def test_peft_format_with_text_encoder_and_alpha(sd1, tmp_path):
-    te_path, te_module = next((p, m) for p, m in sd1.text_encoders[0].named_modules() if p.endswith("q_proj"))
+    te_module = next(m for p, m in sd1.text_encoders[0].named_modules() if p.endswith("layers.0.self_attn.q_proj"))
+    te_path = "text_model.encoder.layers.0.self_attn.q_proj"  # the name in LoRA files, whatever transformers calls it
     un_path, un_module = attention_projections(sd1.unet_model)[0]
     g = torch.Generator().manual_seed(3)
     tensors = {
@@ -68,6 +69,13 @@ def test_peft_format_with_text_encoder_and_alpha(sd1, tmp_path):
     assert torch.allclose(network.layers[te_name].delta(), expected)
     save_kohya(network, tmp_path / "kohya.safetensors")
     assert torch.allclose(load_lora(tmp_path / "kohya.safetensors").layers[te_name].delta(), expected)
+    before = te_module.weight.clone()
+    sd1.apply_lora(network)
+    try:
+        assert torch.allclose(te_module.weight - before, expected, atol=1e-5)
+    finally:
+        sd1.remove_lora()
+    assert torch.equal(te_module.weight, before)
 
 
 def snapshot(backend):
