@@ -1,0 +1,156 @@
+"""Time and peak memory of one Smooth-LoRA training step, per regularizer setting, relative to a plain LoRA step.
+
+Model: the tiny real-architecture SD1 UNet of lib_smooth.backends.tiny with rank-4 LoRA on the attention
+projections (the official placement); a batch of noisy latents at uniform timesteps; AdamW. Each variant
+runs in its own process so its peak RSS is its own; the table gives median step time (interval 4:
+mean over whole 4-step cycles, i.e. the amortised cost) and peak RSS above the model-only baseline.
+
+    python bench/train_step_cost.py                  # CPU, writes bench/results/train_step_cost.json
+    python bench/train_step_cost.py --device cuda    # on a GPU, writes train_step_cost_cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth.regularizer import StepwiseVariationRegularizer, double_backward_attention, predict_x0  # noqa: E402
+
+VARIANTS = {
+    "plain LoRA": None,
+    "VJP every step": dict(method="vjp"),
+    "VJP, interval 4": dict(method="vjp", interval=4),
+    "VJP, batch shrink 2": dict(method="vjp", batch_shrink=2),
+    "JVP (finite difference)": dict(method="jvp_fd"),
+    "VJP, interval 4, shrink 2": dict(method="vjp", interval=4, batch_shrink=2),
+    "JVP, interval 4": dict(method="jvp_fd", interval=4),
+}
+
+
+class LoraLinear(torch.nn.Module):
+    def __init__(self, base: torch.nn.Linear, rank: int = 4):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+        torch.nn.init.zeros_(self.up.weight)
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
+def add_lora(unet: torch.nn.Module) -> list:
+    unet.requires_grad_(False)
+    params = []
+    for name, module in list(unet.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if re.search(r"attn[12]$", name) and child_name in ("to_q", "to_k", "to_v"):
+                setattr(module, child_name, LoraLinear(child))
+                params += list(getattr(module, child_name).parameters())[-2:]
+            elif re.search(r"attn[12]\.to_out$", name) and child_name == "0":
+                module[0] = LoraLinear(child)
+                params += list(module[0].parameters())[-2:]
+    return params
+
+
+def run_variant(name: str, device: str, batch: int, size: int, steps: int) -> dict:
+    from lib_smooth.backends.tiny import build_tiny_backend
+
+    backend = build_tiny_backend("sd1")
+    unet = backend.unet_model.to(device).train()
+    params = add_lora(unet)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    alphas = backend.alphas_cumprod.to(device)
+    cond = backend.encode_prompts(["a red circle on a blue background"] * batch, size * 8, size * 8).to(device)
+    options = VARIANTS[name]
+    reg = StepwiseVariationRegularizer(**options) if options else None
+    g = torch.Generator(device="cpu").manual_seed(0)
+    times = []
+    for _ in range(steps):
+        latents = torch.randn(batch, 4, size, size, generator=g).to(device)
+        noise = torch.randn(batch, 4, size, size, generator=g).to(device)
+        t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).requires_grad_(reg is not None and reg.due and reg.method == "vjp")
+        with double_backward_attention():
+            pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        loss = ((pred - noise) ** 2).mean()
+        if reg is not None:
+            def x0_fn(x, idx):
+                with double_backward_attention():
+                    return predict_x0(unet(x, t[idx], encoder_hidden_states=cond[idx]).sample, x, alphas[t[idx]], "eps")
+
+            penalty, _ = reg(predict_x0(pred, noisy, alphas[t], "eps"), noisy, alphas[t], x0_fn=x0_fn)
+            loss = loss + penalty
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    measured = times[4:]  # warm-up excluded; with interval 4 this keeps whole cycles
+    cycle = 4
+    per_step = statistics.mean(measured) if options and options.get("interval", 1) > 1 else statistics.median(measured)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": name, "seconds_per_step": per_step, "peak_mib": peak, "steps_measured": len(measured) - len(measured) % cycle}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--latent-size", type=int, default=16, help="latent height/width (pixels / 8)")
+    parser.add_argument("--steps", type=int, default=28, help="steps per variant, the first 4 being warm-up")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline:
+        from lib_smooth.backends.tiny import build_tiny_backend
+
+        build_tiny_backend("sd1").unet_model.to(args.device)
+        print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.device, args.batch, args.latent_size, args.steps)))
+        return
+    common = ["--device", args.device, "--batch", str(args.batch), "--latent-size", str(args.latent_size), "--steps", str(args.steps)]
+    baseline = json.loads(subprocess.run([sys.executable, __file__, "--baseline", *common], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    rows = []
+    for name in VARIANTS:
+        out = subprocess.run([sys.executable, __file__, "--variant", name, *common], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.splitlines()[-1]))
+    plain = rows[0]
+    for row in rows:
+        row["time_ratio"] = row["seconds_per_step"] / plain["seconds_per_step"]
+        if args.device != "cuda":
+            row["peak_mib"] -= baseline["peak_mib"]
+        row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    result = {"device": args.device, "machine": machine, "torch": torch.__version__, "batch": args.batch, "latent_size": args.latent_size,
+              "memory": "peak CUDA allocation" if args.device == "cuda" else "peak RSS above the model-only baseline", "rows": rows}
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / ("train_step_cost.json" if args.device == "cpu" else f"train_step_cost_{args.device.split(':')[0]}.json")
+    path.write_text(json.dumps(result, indent=2))
+    print(f"{'variant':28s} {'s/step':>8s} {'× plain':>8s} {'MiB':>8s} {'× plain':>8s}")
+    for row in rows:
+        print(f"{row['variant']:28s} {row['seconds_per_step']:8.4f} {row['time_ratio']:8.2f} {row['peak_mib']:8.1f} {row['memory_ratio']:8.2f}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
