@@ -51,7 +51,11 @@ class Backend(Protocol):
         """Latents → images (B,3,H,W) in [-1,1]."""
 
     def unet(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """One UNet evaluation: x_t (B,C,h,w), DDPM timesteps (B,), conditioning → model output."""
+        """One UNet evaluation: x_t (B,C,h,w), DDPM timesteps (B,), conditioning → model output.
+
+        Must be differentiable w.r.t. the conditioning when called with grad enabled (null-text
+        inversion optimises the unconditional embedding through it).
+        """
 
 
 def cond_batch_size(cond: Conditioning) -> int:

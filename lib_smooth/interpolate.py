@@ -69,12 +69,15 @@ def render_frames(
     batch_size: int = 8,
     on_step: Optional[Callable[[int, int, torch.Tensor], None]] = None,
     ratios: Optional[torch.Tensor] = None,
+    uncond_b: Optional[List[Conditioning]] = None,
 ) -> torch.Tensor:
     """Sample the N interpolation frames and return their latents x_0 (N, C, h, w).
 
     x_T is slerped, the conditioning lerped (identical conditionings stay identical); frames are
-    denoised `batch_size` at a time. `on_step(step, steps, x)` is called after every DDIM step of
-    every batch (progress, previews, interruption).
+    denoised `batch_size` at a time. `uncond` is one conditioning or a per-step list (null-text
+    inversion); with `uncond_b`, a second per-step list, the two are lerped per frame too.
+    `on_step(step, steps, x)` is called after every DDIM step of every batch (progress, previews,
+    interruption).
     """
     ratios = frame_ratios(frames) if ratios is None else ratios
     x_T = slerp(x_T_a, x_T_b, ratios)
@@ -82,6 +85,7 @@ def render_frames(
     for start in range(0, len(ratios), batch_size):
         w = ratios[start : start + batch_size]
         cond = cond_lerp(cond_a, cond_b, w)
-        eps_fn = guided_eps(backend, cond, uncond, guidance)
+        frame_uncond = uncond if uncond_b is None else [cond_lerp(a, b, w) for a, b in zip(uncond, uncond_b)]
+        eps_fn = guided_eps(backend, cond, frame_uncond, guidance)
         latents.append(sample(eps_fn, x_T[start : start + batch_size], backend.alphas_cumprod, steps, callback=on_step))
     return torch.cat(latents)

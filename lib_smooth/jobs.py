@@ -21,7 +21,7 @@ from .evaluate import IstdReport, evaluate_istd
 from .export import sidecar
 from .images import png_bytes, tensor_to_pils
 from .interpolate import render_frames, seed_noise
-from .invert import invert_image, prepare_image, reconstruct
+from .invert import dual_null_text_inversion, invert_image, prepare_image, reconstruct
 from .lora_formats import load_lora
 from .metrics import reconstruction_metrics
 from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, validate
@@ -39,6 +39,12 @@ class StepCounter:
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total, latent)
+
+    def advance(self, _step: int, units: int) -> None:
+        """Null-text inversion's inner iterations (units of work, early-stopped ones included)."""
+        self.done += units
+        if self.progress is not None:
+            self.progress(self.done, self.total, None)
 
     def finish(self) -> None:
         """Report completion (steps skipped thanks to the inversion cache never ticked)."""
@@ -79,29 +85,51 @@ class InterpolationResult:
     sidecar: dict
 
 
+def _inversion_cost(request, images: int) -> int:
+    """UNet-step units of inverting `images` images in the request's mode (null-text adds its iterations)."""
+    if request.inversion == "dual-null-text":
+        return request.steps * (1 + request.null_text_steps) if images else 0
+    per_image = request.steps * (1 + (request.null_text_steps if request.inversion == "null-text" else 0))
+    return images * per_image
+
+
 def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InterpolationResult:
     """Frames between two ends, each end an inverted image or a seed's noise, prompts blended."""
     r = validate(request)
     prompt_b = r.prompt_b or r.prompt_a
     ends = [(r.image_a, r.seed_a, r.prompt_a, "image_a"), (r.image_b, r.seed_b, prompt_b, "image_b")]
-    inversions = sum(1 for image, *_ in ends if image)
     batches = -(-r.frames // r.batch_size)
-    counter = StepCounter(r.steps * (inversions + batches), progress)
+    counter = StepCounter(_inversion_cost(r, sum(1 for image, *_ in ends if image)) + r.steps * batches, progress)
     shape = (1, backend.latent_channels, r.height // backend.vae_scale, r.width // backend.vae_scale)
+    inversion_settings = dict(steps=r.steps, guidance=r.inversion_guidance, negative_prompt=r.negative_prompt, width=r.width, height=r.height,
+                              cache=cache, on_step=counter, null_text_guidance=r.guidance, inner_steps=r.null_text_steps, on_iteration=counter.advance)
     with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
-        x_T, hashes = [], {}
-        for image, seed, prompt, name in ends:
-            if image:
-                picture = open_image_field(name, image)
-                hashes[name] = _sha(prepare_image(picture, r.width, r.height))
-                inversion = invert_image(backend, picture, prompt, r.steps, r.inversion_guidance, r.negative_prompt, r.width, r.height, r.inversion, cache, on_step=counter)
-                x_T.append(inversion.x_T)
-            else:
-                x_T.append(seed_noise(seed, shape))
+        negative = backend.encode_prompts([r.negative_prompt], r.width, r.height) if r.guidance != 1.0 else None
+        pictures = {name: open_image_field(name, image) for image, _, _, name in ends if image}
+        hashes = {name: _sha(prepare_image(picture, r.width, r.height)) for name, picture in pictures.items()}
+        if r.inversion == "dual-null-text":
+            pair = dual_null_text_inversion(backend, (pictures["image_a"], pictures["image_b"]), (r.prompt_a, prompt_b), **inversion_settings)
+            x_T, unconds = [pair[0].x_T, pair[1].x_T], [pair[0].null_embeddings] * 2
+        else:
+            x_T, unconds = [], []
+            for image, seed, prompt, name in ends:
+                if image:
+                    inversion = invert_image(backend, pictures[name], prompt, mode=r.inversion, **inversion_settings)
+                    x_T.append(inversion.x_T)
+                    unconds.append(inversion.null_embeddings)
+                else:
+                    x_T.append(seed_noise(seed, shape))
+                    unconds.append(None)
+        if any(u is not None for u in unconds):
+            # per-step null embeddings: an end without them (a seed) uses the negative prompt at every step
+            per_step = [u if u is not None else [negative] * r.steps for u in unconds]
+            uncond, uncond_b = per_step[0], (per_step[1] if per_step[1] is not per_step[0] else None)
+        else:
+            uncond, uncond_b = negative, None
         cond_a = backend.encode_prompts([r.prompt_a], r.width, r.height)
         cond_b = backend.encode_prompts([prompt_b], r.width, r.height) if prompt_b != r.prompt_a else cond_a
-        uncond = backend.encode_prompts([r.negative_prompt], r.width, r.height) if r.guidance != 1.0 else None
-        latents = render_frames(backend, x_T[0], x_T[1], cond_a, cond_b, uncond, r.frames, r.steps, r.guidance, r.batch_size, on_step=counter)
+        latents = render_frames(backend, x_T[0], x_T[1], cond_a, cond_b, uncond, r.frames, r.steps, r.guidance, r.batch_size,
+                                on_step=counter, uncond_b=uncond_b)
         frames = decode(backend, latents, r.batch_size)
         record = sidecar("interpolate", r, backend.identity, lora_sha, hashes)
     counter.finish()
@@ -122,10 +150,11 @@ def run_invert(backend: Backend, request: InvertRequest, cache: Optional[Inversi
     """Invert → reconstruct (→ edit by prompt switch for an EditRequest); metrics of the reconstruction."""
     r = validate(request)
     editing = isinstance(r, EditRequest)
-    counter = StepCounter(r.steps * (3 if editing else 2), progress)
+    counter = StepCounter(_inversion_cost(r, 1) + r.steps * (2 if editing else 1), progress)
     picture = prepare_image(open_image_field("image", r.image), r.width, r.height)
     with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
-        inversion = invert_image(backend, picture, r.prompt, r.steps, r.inversion_guidance, r.negative_prompt, r.width, r.height, r.inversion, cache, on_step=counter)
+        inversion = invert_image(backend, picture, r.prompt, r.steps, r.inversion_guidance, r.negative_prompt, r.width, r.height, r.inversion, cache,
+                                 on_step=counter, null_text_guidance=r.guidance, inner_steps=r.null_text_steps, on_iteration=counter.advance)
         reconstruction = decode(backend, reconstruct(backend, inversion, r.guidance, r.negative_prompt, on_step=counter))[0]
         edited = None
         if editing:

@@ -56,12 +56,17 @@ class InterpolateRequest(SamplingOptions, ModelOptions):
     seed_b: int = option(1, "seed of the last end's noise when it has no image", 0, 2**32 - 1)
     frames: int = option(24, "number of frames, ends included (official demo: 24)", 2, 240)
     inversion_guidance: float = option(1.0, "guidance while inverting images (paper: 1, the conditional branch only)", 1.0, 30.0)
-    inversion: str = option("ddim", "inversion mode for image ends", choices=INVERSION_MODES)
+    inversion: str = option("ddim", "inversion mode for image ends: ddim (fast), ddim-no-text, null-text (official demo's default, "
+                            "≈ steps × null_text_steps extra UNet passes per image), dual-null-text (both ends images: one shared null set)",
+                            choices=INVERSION_MODES + ("dual-null-text",))
+    null_text_steps: int = option(10, "null-text inversion: Adam steps per sampling step, early stop allowed (official demo: 10)", 1, 50)
     batch_size: int = option(8, "frames sampled together", 1, 64)
 
     def check(self) -> None:
         if not self.prompt_a and not self.prompt_b and not (self.image_a or self.image_b):
             raise RequestError("give at least prompt_a (or an image) to interpolate")
+        if self.inversion == "dual-null-text" and not (self.image_a and self.image_b):
+            raise RequestError("inversion dual-null-text needs both image_a and image_b")
         if not self.image_a and not self.image_b and self.seed_a == self.seed_b and self.prompt_b in ("", self.prompt_a):
             raise RequestError("both ends are the same (same seed, same prompt): change seed_b or give prompt_b")
 
@@ -71,7 +76,9 @@ class InvertRequest(SamplingOptions, ModelOptions):
     image: Optional[str] = option(None, "image to invert (path or base64)", kind="image", required=True)
     prompt: str = option("", "source prompt describing the image")
     inversion_guidance: float = option(1.0, "guidance while inverting (paper: 1)", 1.0, 30.0)
-    inversion: str = option("ddim", "inversion mode", choices=INVERSION_MODES)
+    inversion: str = option("ddim", "inversion mode: ddim (fast), ddim-no-text, null-text (official demo's default, "
+                            "≈ steps × null_text_steps extra UNet passes, much better reconstruction)", choices=INVERSION_MODES)
+    null_text_steps: int = option(10, "null-text inversion: Adam steps per sampling step, early stop allowed (official demo: 10)", 1, 50)
 
     def check(self) -> None:
         if not self.image:

@@ -107,7 +107,8 @@ class DiffusersBackend:
         return self.vae.decode((latents / self.scaling_factor).to(self.device, self.dtype)).sample.float().clamp(-1, 1)
 
     # --- UNet ---------------------------------------------------------------------------------
-    @torch.no_grad()
+    # No no_grad here: null-text inversion differentiates through the UNet w.r.t. the conditioning.
+    # The weights never require grad, so ordinary sampling builds no graph.
     def unet(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
         t = t.to(self.device)

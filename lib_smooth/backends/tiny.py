@@ -79,6 +79,11 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0, tokenizer_dir: str |
         unet.conv_out.weight.mul_(OUTPUT_SCALE)
         unet.conv_out.bias.mul_(OUTPUT_SCALE)
     vae = AutoencoderKL(**VAE_CONFIG)
+    with torch.no_grad():
+        # Like SD's 0.18215, the scale factor makes latents of typical images unit-variance; a random
+        # encoder's raw latents are far smaller, which would shrink everything the tests measure.
+        images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        vae.register_to_config(scaling_factor=float(1.0 / vae.encode(images).latent_dist.mode().std()))
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     return {
         "unet": unet, "vae": vae, "text_encoders": encoders, "tokenizers": [tokenizer] * len(encoders),

@@ -1,0 +1,80 @@
+"""Reconstruction quality and time per image: DDIM inversion against null-text inversion.
+
+For each image: invert (guidance 1), reconstruct at guidance 7.5, and report the time, the latent error
+‖x̂₀ − x₀‖/‖x₀‖ and PSNR / SSIM of the decoded image against the input. With no --model the tiny
+random-weight SD1 model is used: its random VAE cannot reproduce images, so only the latent error and
+the times mean anything there.
+
+    python bench/inversion_cost.py [--model PATH] [--steps 50] [--size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
+from lib_smooth.jobs import decode  # noqa: E402
+from lib_smooth.metrics import psnr, ssim  # noqa: E402
+
+
+def test_images(size: int) -> list:
+    images = []
+    for shape, colour, background in (("circle", "red", "blue"), ("square", "yellow", "green"), ("circle", "white", "black")):
+        image = Image.new("RGB", (size, size), background)
+        box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+        (ImageDraw.Draw(image).ellipse if shape == "circle" else ImageDraw.Draw(image).rectangle)(box, fill=colour)
+        images.append((f"a {colour} {shape} on a {background} background", image))
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--inner-steps", type=int, default=10)
+    args = parser.parse_args()
+    if args.model:
+        from lib_smooth.backends.diffusers_backend import load_model
+
+        backend, model = load_model(args.model), args.model
+    else:
+        from lib_smooth.backends.tiny import build_tiny_backend
+
+        backend, model = build_tiny_backend("sd1"), "tiny random-weight SD1 (lib_smooth.backends.tiny)"
+    rows = []
+    for mode in ("ddim", "null-text"):
+        for prompt, image in test_images(args.size):
+            start = time.perf_counter()
+            inversion = invert_image(backend, image, prompt, steps=args.steps, width=args.size, height=args.size, mode=mode, inner_steps=args.inner_steps)
+            seconds = time.perf_counter() - start
+            latent = reconstruct(backend, inversion, guidance=7.5)
+            output = decode(backend, latent)[0]
+            rows.append({"mode": mode, "prompt": prompt, "inversion_seconds": seconds,
+                         "latent_error": float((latent - inversion.x_0).norm() / inversion.x_0.norm()),
+                         "psnr": psnr(image, output), "ssim": ssim(image, output)})
+    summary = {}
+    for mode in ("ddim", "null-text"):
+        mine = [r for r in rows if r["mode"] == mode]
+        summary[mode] = {key: sum(r[key] for r in mine) / len(mine) for key in ("inversion_seconds", "latent_error", "psnr", "ssim")}
+    result = {"model": model, "steps": args.steps, "size": args.size, "guidance": 7.5, "null_text_inner_steps": args.inner_steps,
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "mean": summary, "rows": rows}
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    (folder / "inversion_cost.json").write_text(json.dumps(result, indent=2))
+    print(f"{'mode':10s} {'s/image':>8s} {'latent err':>10s} {'PSNR':>7s} {'SSIM':>6s}")
+    for mode, m in summary.items():
+        print(f"{mode:10s} {m['inversion_seconds']:8.2f} {m['latent_error']:10.4f} {m['psnr']:7.2f} {m['ssim']:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
