@@ -98,8 +98,8 @@ def optimise_null_embeddings(
                 stepped = ddim_step(x, eps_u + guidance * (eps_c - eps_u), a_t, a_next)
                 # mean over each sample, summed over the batch: the dual form adds both images' losses
                 loss = ((stepped - target) ** 2).flatten(1).mean(dim=1).sum()
-                optimiser.zero_grad()
-                loss.backward()
+                # grad w.r.t. the embedding only: hosts whose weights require grad (the WebUI) keep theirs clean
+                (leaf.grad,) = torch.autograd.grad(loss, [leaf])
             optimiser.step()
             if on_iteration is not None:
                 on_iteration(i, 1)

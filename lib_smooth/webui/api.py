@@ -1,0 +1,147 @@
+"""HTTP routes under /smooth-diffusion/v1/ on the WebUI's FastAPI app.
+
+Bodies are JSON objects with the fields of lib_smooth's request models (the CLI's options), validated
+with their limits; `lora` names a file of the Lora folder (stem) and images are base64 PNG/JPEG.
+GPU work holds the WebUI's queue lock and shows in its progress API; `POST /sdapi/v1/interrupt`
+stops a job within one sampling step. Routes honour --api-auth.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any, Callable, Dict
+
+from .. import __version__
+from ..cache import InversionCache
+from ..errors import Interrupted, RequestError, SmoothDiffusionError
+from ..images import png_bytes
+from ..metrics import EXPLANATIONS
+from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, from_dict
+
+PREFIX = "/smooth-diffusion/v1"
+JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
+_CACHE = InversionCache(max_entries=16)
+
+
+def b64png(image) -> str:
+    return base64.b64encode(png_bytes(image)).decode()
+
+
+def webui_progress(job: str) -> Callable:
+    """A lib_smooth progress callback driving the WebUI's shared.state (progress bar, ETA, interrupt)."""
+    from modules import shared
+
+    def progress(done: int, total: int, _latent) -> None:
+        if shared.state.interrupted or getattr(shared.state, "stopping_generation", False):
+            raise Interrupted(f"{job} interrupted")
+        shared.state.job_count = 1
+        shared.state.sampling_steps = total
+        shared.state.sampling_step = done
+        shared.state.textinfo = f"Smooth Diffusion {job}: {done}/{total}"
+
+    return progress
+
+
+def run_job(name: str, body: Dict[str, Any]) -> dict:
+    """Validate, then run one job on the loaded checkpoint with the requested LoRA (restored after)."""
+    from modules import shared
+    from modules.call_queue import queue_lock
+
+    from ..jobs import run_interpolate, run_invert, run_istd
+    from .backend import WebUIBackend
+    from .lora import file_sha256, lora_session
+
+    request = from_dict(JOBS[name], body)
+    lora_name, weight = request.lora, request.lora_weight
+    core_request = dataclasses.replace(request, lora=None)
+    with queue_lock:
+        shared.state.begin(job=f"smooth-diffusion-{name}")
+        try:
+            backend = WebUIBackend()
+            progress = webui_progress(name)
+            baseline = None
+            if name == "istd" and request.compare_without_lora and lora_name:
+                with lora_session(backend, None, 0.0):
+                    baseline = run_istd(backend, core_request, progress).with_lora
+            with lora_session(backend, lora_name, weight) as loaded:
+                if name == "interpolate":
+                    result = run_interpolate(backend, core_request, _CACHE, progress)
+                    response = {"frames": [b64png(f) for f in result.frames], "sidecar": result.sidecar}
+                elif name in ("invert", "edit"):
+                    result = run_invert(backend, core_request, _CACHE, progress)
+                    response = {"input": b64png(result.input), "reconstruction": b64png(result.reconstruction), "metrics": result.metrics,
+                                "sidecar": result.sidecar}
+                    if result.edited is not None:
+                        response["edited"] = b64png(result.edited)
+                else:
+                    result = run_istd(backend, core_request, progress)
+                    response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
+                    if baseline is not None:
+                        response["istd_without_lora"] = baseline.as_dict()
+            response["sidecar"]["lora"] = {"name": loaded, "sha256": file_sha256(loaded), "weight": weight} if loaded else None
+            return response
+        finally:
+            shared.state.end()
+
+
+def _auth_dependency():
+    """HTTP basic auth with the WebUI's --api-auth credentials, when set."""
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from modules import shared
+
+    credentials = getattr(shared.cmd_opts, "api_auth", None)
+    if not credentials:
+        return []
+    allowed = dict(item.split(":", 1) for item in credentials.strip('"').replace("\n", "").split(","))
+    basic = HTTPBasic()
+
+    def check(given: HTTPBasicCredentials = Depends(basic)) -> None:
+        import secrets
+
+        expected = allowed.get(given.username)
+        if expected is None or not secrets.compare_digest(given.password, expected):
+            raise HTTPException(status_code=401, detail="incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    return [Depends(check)]
+
+
+def register(app) -> None:
+    """Add the routes to the WebUI's FastAPI app (called from on_app_started)."""
+    from fastapi import Body, HTTPException
+
+    from .lora import available, refresh
+
+    dependencies = _auth_dependency()
+
+    def job_route(name: str):
+        def route(body: Dict[str, Any] = Body(..., description=f"fields of lib_smooth.requests.{JOBS[name].__name__}")):
+            try:
+                return run_job(name, body)
+            except RequestError as error:
+                raise HTTPException(status_code=422, detail=str(error)) from None
+            except Interrupted as error:
+                raise HTTPException(status_code=409, detail=str(error)) from None
+            except SmoothDiffusionError as error:
+                raise HTTPException(status_code=400, detail=str(error)) from None
+
+        route.__name__ = f"smooth_diffusion_{name}"
+        return route
+
+    for name in JOBS:
+        app.add_api_route(f"{PREFIX}/{name}", job_route(name), methods=["POST"], dependencies=dependencies)
+
+    def version():
+        return {"version": __version__, "jobs": sorted(JOBS), "inversion_modes": ["ddim", "ddim-no-text", "null-text", "dual-null-text"]}
+
+    def loras(refresh_list: bool = False):
+        return {"loras": refresh() if refresh_list else available()}
+
+    def fields():
+        return {name: {spec.name: {k: v for k, v in spec.metadata.items() if v not in (None, 0)}
+                       for spec in dataclasses.fields(cls)} for name, cls in JOBS.items()}
+
+    app.add_api_route(f"{PREFIX}/version", version, methods=["GET"], dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/loras", loras, methods=["GET"], dependencies=dependencies)
+    app.add_api_route(f"{PREFIX}/fields", fields, methods=["GET"], dependencies=dependencies)

@@ -1,0 +1,182 @@
+"""End-to-end: the extension inside a real AUTOMATIC1111 WebUI v1.10.1, driven over HTTP.
+
+Runs only when WEBUI_DIR names an installed WebUI (WEBUI_PYTHON: its Python, default
+$WEBUI_DIR/venv/bin/python). The test builds a tiny SD1 checkpoint with its .yaml, links this
+repository into extensions/, starts the WebUI API-only on a free loopback port with its own Lora
+folder, and removes the link afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+WEBUI = os.environ.get("WEBUI_DIR")
+pytestmark = pytest.mark.skipif(not WEBUI, reason="WEBUI_DIR is not set: point it at an installed AUTOMATIC1111 WebUI v1.10.1 (notes: webui-offline.md) to test the extension for real")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_lora(backend, path: Path) -> None:
+    """A strong random LoRA on the tiny model's attention projections, under the ldm names the WebUI maps."""
+    import re
+
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya, sgm_module_name
+
+    g = torch.Generator().manual_seed(0)
+    layers = {}
+    for name, module in backend.unet_model.named_modules():
+        if re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name):
+            out_features, in_features = module.weight.shape
+            ldm = sgm_module_name(name, layers_per_block=1, up_blocks_with_attention=frozenset({1}))
+            layers["lora_unet_" + ldm] = LoraLayer(torch.randn(4, in_features, generator=g) * 0.5, torch.randn(out_features, 4, generator=g) * 0.5)
+    save_kohya(LoraNetwork(layers, "kohya"), path)
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    from lib_smooth.backends.ldm_layout import save_single_file
+    from lib_smooth.backends.tiny import build_tiny_backend
+
+    root = tmp_path_factory.mktemp("webui")
+    backend = build_tiny_backend("sd1", seed=0)
+    checkpoint = save_single_file(backend, Path(WEBUI) / "models" / "Stable-diffusion" / "smooth-e2e-tiny.safetensors", tokenizer_and_config_dir=root / "text")
+    (root / "loras").mkdir()
+    tiny_lora(backend, root / "loras" / "smooth-e2e.safetensors")
+    link = Path(WEBUI) / "extensions" / "sd-webui-smooth-diffusion-e2e"
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(REPO)
+    port = free_port()
+    env = dict(os.environ, HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1")
+    python = os.environ.get("WEBUI_PYTHON", str(Path(WEBUI) / "venv" / "bin" / "python"))
+    log = open(root / "webui.log", "w")
+    process = subprocess.Popen(
+        [python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test", "--skip-python-version-check",
+         "--skip-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-nan-check", "--no-download-sd-model",
+         "--ckpt", str(checkpoint), "--lora-dir", str(root / "loras"), "--server-name", "127.0.0.1", "--port", str(port), "--nowebui"],
+        cwd=WEBUI, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(base + "/smooth-diffusion/v1/version", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError("the WebUI exited:\n" + (root / "webui.log").read_text()[-3000:])
+                time.sleep(1)
+        else:
+            raise RuntimeError("the WebUI did not answer in 180 s:\n" + (root / "webui.log").read_text()[-3000:])
+        yield {"base": base, "log": root / "webui.log", "backend": backend}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        link.unlink()
+        for suffix in (".safetensors", ".yaml"):
+            checkpoint.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def call(webui, path, body=None, method=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(webui["base"] + path, data=data, method=method or ("POST" if data else "GET"), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def image(value: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))).convert("RGB"))
+
+
+def drawn() -> str:
+    picture = Image.new("RGB", (64, 64), "navy")
+    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="orange")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def txt2img(webui) -> np.ndarray:
+    status, body = call(webui, "/sdapi/v1/txt2img", {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1})
+    assert status == 200, body
+    return image(body["images"][0])
+
+
+def test_version_and_loras(webui):
+    assert call(webui, "/smooth-diffusion/v1/version")[1]["version"]
+    assert "smooth-e2e" in call(webui, "/smooth-diffusion/v1/loras")[1]["loras"]
+
+
+def test_interpolation_between_seeds(webui):
+    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 5, "steps": 6, "width": 64, "height": 64})
+    assert status == 200, body
+    frames = [image(f) for f in body["frames"]]
+    assert len(frames) == 5 and frames[0].shape == (64, 64, 3)
+    assert not np.array_equal(frames[0], frames[-1])
+    assert body["sidecar"]["settings"]["frames"] == 5 and body["sidecar"]["model_hash"]
+
+
+def test_inversion_edit_and_null_text(webui):
+    status, body = call(webui, "/smooth-diffusion/v1/invert", {"image": drawn(), "prompt": "an orange circle", "steps": 6, "width": 64, "height": 64})
+    assert status == 200, body
+    assert image(body["reconstruction"]).shape == (64, 64, 3) and body["metrics"]["psnr"] > 0 and 0 <= body["metrics"]["ssim"] <= 1
+    status, body = call(webui, "/smooth-diffusion/v1/edit", {"image": drawn(), "prompt": "an orange circle", "target_prompt": "a green square",
+                                                             "steps": 6, "width": 64, "height": 64, "inversion": "null-text", "null_text_steps": 2})
+    assert status == 200, body
+    assert image(body["edited"]).shape == (64, 64, 3) and body["sidecar"]["settings"]["inversion"] == "null-text"
+
+
+def test_lora_changes_results_and_weights_come_back(webui):
+    before = txt2img(webui)
+    request = {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 4, "width": 64, "height": 64}
+    plain = call(webui, "/smooth-diffusion/v1/interpolate", request)[1]
+    status, smooth = call(webui, "/smooth-diffusion/v1/interpolate", dict(request, lora="smooth-e2e", lora_weight=1.0))
+    assert status == 200, smooth
+    assert smooth["sidecar"]["lora"]["name"] == "smooth-e2e" and len(smooth["sidecar"]["lora"]["sha256"]) == 64
+    assert any(not np.array_equal(image(a), image(b)) for a, b in zip(plain["frames"], smooth["frames"]))
+    assert np.array_equal(txt2img(webui), before)  # same seed, same pixels: the model's weights are as before
+
+
+def test_istd_with_and_without_lora(webui):
+    status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": ["a cat", "a dog"], "points": 4, "steps": 3, "width": 64, "height": 64,
+                                                            "lora": "smooth-e2e", "compare_without_lora": True})
+    assert status == 200, body
+    assert len(body["istd"]["per_prompt"]) == 2 and body["istd"]["resolution"] == [64, 64]
+    assert body["istd"]["mean"]["distances"] != body["istd_without_lora"]["mean"]["distances"]
+    assert set(body["explanations"]) >= {"istd", "normalized_istd", "mean_step"}
+
+
+def test_bad_requests_get_clear_4xx_and_the_server_stays_up(webui):
+    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a", "frames": 1})
+    assert status == 422 and "frames must be between 2 and 240" in body["detail"]
+    status, body = call(webui, "/smooth-diffusion/v1/invert", {"image": "not an image", "prompt": "x"})
+    assert status == 422 and "base64" in body["detail"]
+    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a", "lora": "no-such-lora"})
+    assert status == 400 and "not found" in body["detail"]
+    assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
