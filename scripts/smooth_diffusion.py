@@ -1,12 +1,15 @@
-"""Smooth Diffusion extension for the AUTOMATIC1111 WebUI: registers the HTTP routes.
+"""Smooth Diffusion extension for the AUTOMATIC1111 WebUI: registers the tab, settings, routes and scripts.
 
 All logic lives in the `lib_smooth` package beside this folder; the WebUI puts the extension root on
-sys.path only while this file is imported, so the package is imported here, at top level.
+sys.path only while this file is imported, so everything is imported here, at top level.
 """
 
-from modules import script_callbacks
+import gradio as gr
+from modules import processing, script_callbacks, scripts
 
 import lib_smooth.webui.api as smooth_api
+import lib_smooth.webui.generation as smooth_generation
+import lib_smooth.webui.ui as smooth_ui
 
 
 def on_app_started(_demo, app) -> None:
@@ -14,3 +17,51 @@ def on_app_started(_demo, app) -> None:
 
 
 script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_ui_tabs(smooth_ui.build_tab)
+script_callbacks.on_ui_settings(smooth_ui.on_ui_settings)
+
+
+class SmoothLoraAccordion(scripts.Script):
+    """Apply a Smooth-LoRA to ordinary txt2img / img2img generations (also via the API's alwayson_scripts)."""
+
+    def title(self):
+        return "Smooth Diffusion"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        with gr.Accordion("Smooth Diffusion", open=False, elem_id=self.elem_id("accordion")):
+            with gr.Row():
+                enabled = gr.Checkbox(label="Apply Smooth-LoRA", value=False, elem_id=self.elem_id("enabled"))
+                lora = gr.Dropdown(label="Smooth-LoRA", choices=smooth_ui._lora_choices(), value=smooth_ui.NONE, elem_id=self.elem_id("lora"))
+                weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=self.elem_id("weight"))
+        self.infotext_fields = [
+            (enabled, lambda d: smooth_generation.INFOTEXT_KEY in d),
+            (lora, lambda d: smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[0] if smooth_generation.INFOTEXT_KEY in d else gr.update()),
+            (weight, lambda d: smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[1] if smooth_generation.INFOTEXT_KEY in d else gr.update()),
+        ]
+        return [enabled, lora, weight]
+
+    def process(self, p, enabled=False, lora=smooth_ui.NONE, weight=1.0):
+        smooth_generation.add_lora_to_prompts(p, enabled, lora, weight)
+
+
+class SmoothInversion(scripts.Script):
+    """img2img: start from the DDIM inversion of the init image instead of fresh noise (reconstruct or edit)."""
+
+    def title(self):
+        return "Smooth inversion"
+
+    def show(self, is_img2img):
+        return is_img2img
+
+    def ui(self, is_img2img):
+        source = gr.Textbox(label="Source prompt (describes the init image; empty: reconstruct with the prompt)", lines=2, elem_id=self.elem_id("source"))
+        switch = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch"))
+        mode = gr.Dropdown(label="Inversion", choices=["ddim", "ddim-no-text", "null-text"], value="ddim", elem_id=self.elem_id("mode"))
+        return [source, switch, mode]
+
+    def run(self, p, source="", switch=0.8, mode="ddim"):
+        p.sample = smooth_generation.smooth_inversion_sampler(p, source, float(switch), mode)
+        return processing.process_images(p)

@@ -180,3 +180,24 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_up(webui):
     status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a", "lora": "no-such-lora"})
     assert status == 400 and "not found" in body["detail"]
     assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
+
+
+def test_accordion_applies_the_lora_through_alwayson_scripts(webui):
+    before = txt2img(webui)
+    payload = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1,
+               "alwayson_scripts": {"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}}}
+    status, body = call(webui, "/sdapi/v1/txt2img", payload)
+    assert status == 200, body
+    assert "Smooth-LoRA: \"smooth-e2e:1\"" in json.loads(body["info"])["infotexts"][0]  # the WebUI quotes values with colons
+    assert not np.array_equal(image(body["images"][0]), before)
+    assert np.array_equal(txt2img(webui), before)  # without the accordion the LoRA is gone again
+
+
+def test_img2img_smooth_inversion_script(webui):
+    payload = {"init_images": [drawn()], "prompt": "a green square", "width": 64, "height": 64, "steps": 6, "cfg_scale": 5, "seed": 1,
+               "denoising_strength": 1.0, "script_name": "smooth inversion", "script_args": ["an orange circle", 0.8, "ddim"]}
+    status, body = call(webui, "/sdapi/v1/img2img", payload)
+    assert status == 200, body
+    assert image(body["images"][0]).shape == (64, 64, 3)
+    infotext = json.loads(body["info"])["infotexts"][0]
+    assert "Smooth inversion: ddim" in infotext and "Smooth source prompt: an orange circle" in infotext

@@ -43,46 +43,56 @@ def webui_progress(job: str) -> Callable:
     return progress
 
 
-def run_job(name: str, body: Dict[str, Any]) -> dict:
-    """Validate, then run one job on the loaded checkpoint with the requested LoRA (restored after)."""
-    from modules import shared
-    from modules.call_queue import queue_lock
-
+def execute(name: str, request, progress: Callable) -> dict:
+    """Run one validated job on the loaded checkpoint with the request's LoRA (a Lora-folder name),
+    restoring the user's LoRA state after; images come back as PIL images. The caller holds the lock."""
     from ..jobs import run_interpolate, run_invert, run_istd
     from .backend import WebUIBackend
     from .lora import file_sha256, lora_session
 
-    request = from_dict(JOBS[name], body)
     lora_name, weight = request.lora, request.lora_weight
     core_request = dataclasses.replace(request, lora=None)
+    backend = WebUIBackend()
+    baseline = None
+    if name == "istd" and request.compare_without_lora and lora_name:
+        with lora_session(backend, None, 0.0):
+            baseline = run_istd(backend, core_request, progress).with_lora
+    with lora_session(backend, lora_name, weight) as loaded:
+        if name == "interpolate":
+            result = run_interpolate(backend, core_request, _CACHE, progress)
+            response = {"frames": result.frames, "sidecar": result.sidecar}
+        elif name in ("invert", "edit"):
+            result = run_invert(backend, core_request, _CACHE, progress)
+            response = {"input": result.input, "reconstruction": result.reconstruction, "metrics": result.metrics, "sidecar": result.sidecar}
+            if result.edited is not None:
+                response["edited"] = result.edited
+        else:
+            result = run_istd(backend, core_request, progress)
+            response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
+            if baseline is not None:
+                response["istd_without_lora"] = baseline.as_dict()
+    response["sidecar"]["lora"] = {"name": loaded, "sha256": file_sha256(loaded), "weight": weight} if loaded else None
+    return response
+
+
+def run_job(name: str, body: Dict[str, Any]) -> dict:
+    """The HTTP form: validate the JSON body, hold the queue lock, return images as base64 PNG."""
+    from modules import shared
+    from modules.call_queue import queue_lock
+
+    request = from_dict(JOBS[name], body)
     with queue_lock:
         shared.state.begin(job=f"smooth-diffusion-{name}")
         try:
-            backend = WebUIBackend()
-            progress = webui_progress(name)
-            baseline = None
-            if name == "istd" and request.compare_without_lora and lora_name:
-                with lora_session(backend, None, 0.0):
-                    baseline = run_istd(backend, core_request, progress).with_lora
-            with lora_session(backend, lora_name, weight) as loaded:
-                if name == "interpolate":
-                    result = run_interpolate(backend, core_request, _CACHE, progress)
-                    response = {"frames": [b64png(f) for f in result.frames], "sidecar": result.sidecar}
-                elif name in ("invert", "edit"):
-                    result = run_invert(backend, core_request, _CACHE, progress)
-                    response = {"input": b64png(result.input), "reconstruction": b64png(result.reconstruction), "metrics": result.metrics,
-                                "sidecar": result.sidecar}
-                    if result.edited is not None:
-                        response["edited"] = b64png(result.edited)
-                else:
-                    result = run_istd(backend, core_request, progress)
-                    response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
-                    if baseline is not None:
-                        response["istd_without_lora"] = baseline.as_dict()
-            response["sidecar"]["lora"] = {"name": loaded, "sha256": file_sha256(loaded), "weight": weight} if loaded else None
-            return response
+            response = execute(name, request, webui_progress(name))
         finally:
             shared.state.end()
+    for key in ("input", "reconstruction", "edited"):
+        if key in response:
+            response[key] = b64png(response[key])
+    if "frames" in response:
+        response["frames"] = [b64png(frame) for frame in response["frames"]]
+    return response
 
 
 def _auth_dependency():

@@ -1,0 +1,61 @@
+"""txt2img/img2img integration: a Smooth-LoRA on ordinary generations, and img2img "Smooth inversion".
+
+The accordion adds the chosen LoRA as a `<lora:name:weight>` tag after the WebUI has expanded the
+prompts and before it parses extra networks, so the built-in Lora extension loads it exactly as if it
+had been typed, and writes `Smooth-LoRA: name:weight` into the infotext (pasting it restores the
+accordion). "Smooth inversion" replaces img2img's sampling: the init image is DDIM-inverted with the
+source prompt and sampled back with the img2img prompt for the last r of the steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+from .ui import NONE
+
+INFOTEXT_KEY = "Smooth-LoRA"
+
+
+def add_lora_to_prompts(p, enabled: bool, lora: Optional[str], weight: float) -> None:
+    if not enabled or lora in (None, "", NONE):
+        return
+    from .lora import kohya_name_for
+
+    tag = f" <lora:{kohya_name_for(lora)}:{weight:g}>"
+    p.all_prompts = [prompt + tag for prompt in p.all_prompts]
+    if getattr(p, "all_hr_prompts", None):
+        p.all_hr_prompts = [prompt + tag for prompt in p.all_hr_prompts]
+    p.extra_generation_params[INFOTEXT_KEY] = f"{lora}:{weight:g}"
+
+
+def parse_infotext(value: str) -> Tuple[str, float]:
+    """"name:weight" → (name, weight); a name may itself contain colons."""
+    name, _, weight = value.rpartition(":")
+    try:
+        return (name, float(weight)) if name else (value, 1.0)
+    except ValueError:
+        return value, 1.0
+
+
+def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: str) -> Callable:
+    """A replacement for `p.sample` that starts from the DDIM inversion of the init image."""
+
+    def sample(conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        from modules import devices
+
+        from ..invert import invert_image, reconstruct
+        from .api import webui_progress
+        from .backend import WebUIBackend
+
+        backend = WebUIBackend(p.sd_model)
+        progress = webui_progress("smooth inversion")
+        target = prompts[0]  # the img2img prompt with extra-network tags already removed
+        source = source_prompt.strip() or target
+        inversion = invert_image(backend, p.init_images[0], source, steps=p.steps, negative_prompt=p.negative_prompt, width=p.width, height=p.height,
+                                 mode=mode, null_text_guidance=p.cfg_scale, on_step=lambda i, n, x: progress(i + 1, 2 * n, x))
+        latent = reconstruct(backend, inversion, p.cfg_scale, p.negative_prompt, target if source != target else None, switch_ratio,
+                             on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x))
+        p.extra_generation_params.update({"Smooth inversion": mode, "Smooth source prompt": source, "Smooth switch": switch_ratio})
+        return latent.repeat(len(prompts), 1, 1, 1).to(devices.device)
+
+    return sample

@@ -1,0 +1,312 @@
+"""The "Smooth Diffusion" tab (interpolation, inversion & editing, smoothness), its settings, and saving.
+
+Only gradio components from the subset shared by gradio 3.41 (A1111) and 4.x are used. Each button
+runs through the WebUI's GPU queue (`wrap_gradio_gpu_call`) with a task id, so the WebUI progress bar,
+ETA, live preview and Interrupt work as in txt2img.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import List
+
+import base64
+
+from .. import __version__
+from ..export import write_animation, write_json
+from ..images import png_bytes
+from ..metrics import EXPLANATIONS
+from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, validate
+from .api import execute, webui_progress
+
+TAB_ID = "smooth_diffusion"
+DEFAULT_PROMPTS = ["a photograph of a cat", "a red car parked on a street", "a bowl of fruit on a table",
+                   "a mountain lake at sunrise", "a portrait of an old man"]
+NONE = "None"
+
+
+def on_ui_settings() -> None:
+    import gradio as gr
+    from modules import shared
+
+    section = ("smooth_diffusion", "Smooth Diffusion")
+    options = {
+        "smooth_diffusion_default_lora": shared.OptionInfo(NONE, "Default Smooth-LoRA (a name from the Lora folder, or None)", section=section),
+        "smooth_diffusion_lora_weight": shared.OptionInfo(1.0, "Default LoRA weight", gr.Slider, {"minimum": 0.0, "maximum": 2.0, "step": 0.05}, section=section),
+        "smooth_diffusion_frames": shared.OptionInfo(24, "Default interpolation frames", gr.Slider, {"minimum": 2, "maximum": 120, "step": 1}, section=section),
+        "smooth_diffusion_steps": shared.OptionInfo(50, "Default DDIM steps", gr.Slider, {"minimum": 1, "maximum": 150, "step": 1}, section=section),
+        "smooth_diffusion_formats": shared.OptionInfo(["gif"], "Animation formats to save (mp4 needs ffmpeg)", gr.CheckboxGroup, {"choices": ["gif", "webp", "mp4"]}, section=section),
+        "smooth_diffusion_outdir": shared.OptionInfo("outputs/smooth-diffusion", "Output folder", section=section),
+    }
+    for key, info in options.items():
+        shared.opts.add_option(key, info)
+
+
+def _opt(name: str, default):
+    from modules import shared
+
+    return getattr(shared.opts, name, default)
+
+
+def _lora_choices() -> List[str]:
+    try:
+        from .lora import available
+
+        return [NONE] + available()
+    except Exception:  # Lora extension disabled: the tab still works without LoRAs
+        return [NONE]
+
+
+def _outdir(job: str) -> Path:
+    stamp = datetime.datetime.now()
+    folder = Path(_opt("smooth_diffusion_outdir", "outputs/smooth-diffusion")) / stamp.strftime("%Y-%m-%d") / f"{stamp:%H%M%S}-{job}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def infotext(sidecar: dict) -> str:
+    """A WebUI-style parameters text, so a frame sent to txt2img/img2img carries its settings."""
+    s = sidecar["settings"]
+    prompt = s.get("prompt_a") or s.get("prompt") or ""
+    fields = {"Steps": s.get("steps"), "Sampler": "DDIM", "CFG scale": s.get("guidance"), "Seed": s.get("seed_a", s.get("seed")),
+              "Size": f"{s.get('width')}x{s.get('height')}", "Model hash": sidecar.get("model_hash"),
+              "Smooth Diffusion": f"{sidecar['job']} (lib_smooth {__version__})"}
+    if sidecar.get("lora"):
+        fields["Smooth-LoRA"] = f"{sidecar['lora']['name']}:{sidecar['lora']['weight']:g}"
+    negative = f"\nNegative prompt: {s['negative_prompt']}" if s.get("negative_prompt") else ""
+    return prompt + negative + "\n" + ", ".join(f"{k}: {v}" for k, v in fields.items() if v not in (None, ""))
+
+
+def save_run(job: str, images: dict, sidecar: dict, frames=None) -> Path:
+    """PNGs with the parameters text, the animation in the chosen formats, and the sidecar JSON."""
+    from PIL.PngImagePlugin import PngInfo
+
+    folder = _outdir(job)
+    info = PngInfo()
+    info.add_text("parameters", infotext(sidecar))
+    for name, image in images.items():
+        image.save(folder / f"{name}.png", pnginfo=info)
+    if frames:
+        for index, frame in enumerate(frames):
+            frame.save(folder / f"frame_{index:03d}.png", pnginfo=info)
+        sidecar = dict(sidecar, files=write_animation(frames, folder / "interpolation", _opt("smooth_diffusion_formats", ["gif"])))
+    write_json(sidecar, folder / "sidecar.json")
+    return folder
+
+
+def _lora_fields(lora: str, weight: float) -> dict:
+    return {"lora": None if lora in (None, "", NONE) else lora, "lora_weight": float(weight)}
+
+
+def interpolate(task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, negative, seed_a, seed_b, frames, steps, guidance,
+                inversion_guidance, inversion, width, height):
+    encode = lambda img: base64.b64encode(png_bytes(img)).decode() if img is not None else None  # noqa: E731
+    request = validate(InterpolateRequest(prompt_a=prompt_a, prompt_b=prompt_b, negative_prompt=negative, image_a=encode(image_a), image_b=encode(image_b),
+                                          seed_a=int(seed_a), seed_b=int(seed_b), frames=int(frames), steps=int(steps), guidance=float(guidance),
+                                          inversion_guidance=float(inversion_guidance), inversion=inversion, width=int(width), height=int(height),
+                                          **_lora_fields(lora, weight)))
+    result = execute("interpolate", request, webui_progress("interpolate"))
+    folder = save_run("interpolate", {}, result["sidecar"], result["frames"])
+    animation = next((str(p) for p in sorted(folder.glob("interpolation.*")) if p.suffix in (".gif", ".webp")), None)
+    return result["frames"], animation, infotext(result["sidecar"]), f"<p>Saved to {folder}</p>"
+
+
+def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative, switch_ratio, steps, guidance, inversion_guidance, inversion, width, height):
+    if image is None:
+        raise ValueError("upload an image to invert")
+    fields = dict(image=base64.b64encode(png_bytes(image)).decode(), prompt=prompt, negative_prompt=negative, steps=int(steps), guidance=float(guidance),
+                  inversion_guidance=float(inversion_guidance), inversion=inversion, width=int(width), height=int(height), **_lora_fields(lora, weight))
+    job = "edit" if target_prompt.strip() else "invert"
+    request = validate(EditRequest(target_prompt=target_prompt, switch_ratio=float(switch_ratio), **fields) if job == "edit" else InvertRequest(**fields))
+    result = execute(job, request, webui_progress(job))
+    images = {"input": result["input"], "reconstruction": result["reconstruction"]}
+    if "edited" in result:
+        images["edited"] = result["edited"]
+    folder = save_run(job, images, result["sidecar"])
+    m = result["metrics"]
+    lpips = f"{m['lpips']:.4f}" if m["lpips"] is not None else "unavailable"
+    report = (f"<p>Reconstruction: PSNR {m['psnr']:.2f} dB · SSIM {m['ssim']:.4f} · MSE {m['mse']:.4f} · LPIPS {lpips}</p>"
+              f"<p>Saved to {folder}</p>")
+    return list(images.values()), infotext(result["sidecar"]), report
+
+
+def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidance, width, height, seed):
+    prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
+    request = validate(IstdRequest(prompts=prompts, pairs=int(pairs), points=int(points), steps=int(steps), guidance=float(guidance),
+                                   width=int(width), height=int(height), seed=int(seed), compare_without_lora=True, **_lora_fields(lora, weight)))
+    result = execute("istd", request, webui_progress("istd"))
+    reports = [("with LoRA" if request.lora else "checkpoint", result["istd"])]
+    if "istd_without_lora" in result:
+        reports.append(("without LoRA", result["istd_without_lora"]))
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{r['mean'][k]:.4g}</td>" for k in EXPLANATIONS) + "</tr>" for name, r in reports)
+    header = "".join(f"<th title='{text}'>{key}</th>" for key, text in EXPLANATIONS.items())
+    notes = "".join(f"<li><b>{key}</b>: {text}</li>" for key, text in EXPLANATIONS.items())
+    html = (f"<table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table>"
+            f"<p>{width}×{height} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>")
+    plot = _distance_plot(reports)
+    save_run("istd", {"distances": plot}, dict(result["sidecar"], report={name: r for name, r in reports}))
+    return plot, html
+
+
+def _distance_plot(reports):
+    """Adjacent-frame distances per step (mean over sequences), one line per model, the mean step dashed."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 640, 320, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    values = [v for _, r in reports for v in r["mean"]["distances"]]
+    top = max(values) * 1.1 if values and max(values) > 0 else 1.0
+    steps = len(reports[0][1]["mean"]["distances"])
+    x = lambda i: margin + i * (width - 2 * margin) / max(steps - 1, 1)  # noqa: E731
+    y = lambda v: height - margin - v / top * (height - 2 * margin)  # noqa: E731
+    draw.line([(margin, height - margin), (width - margin, height - margin)], fill="black")
+    draw.line([(margin, margin), (margin, height - margin)], fill="black")
+    for (name, report), colour in zip(reports, ("#d62728", "#1f77b4")):
+        points = [(x(i), y(v)) for i, v in enumerate(report["mean"]["distances"])]
+        draw.line(points, fill=colour, width=2)
+        mean = y(report["mean"]["mean_step"])
+        for start in range(margin, width - margin, 12):
+            draw.line([(start, mean), (start + 6, mean)], fill=colour)
+        draw.text((points[-1][0] - 110, points[-1][1] - 14), name, fill=colour)
+    draw.text((margin, 8), "adjacent-frame L2 distance per step (dashed: mean step)", fill="black")
+    return image
+
+
+def _submit_kwargs(js_function: str) -> dict:
+    """`_js` on gradio 3 (A1111), `js` on gradio 4."""
+    import gradio as gr
+
+    return {"_js": js_function} if int(gr.__version__.split(".")[0]) < 4 else {"js": js_function}
+
+
+def build_tab():
+    import gradio as gr
+    from modules.call_queue import wrap_gradio_gpu_call
+
+    from .backend import is_forge
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        if is_forge():
+            gr.HTML("<h3>Smooth Diffusion does not support WebUI Forge yet.</h3><p>Its model objects differ from AUTOMATIC1111's; "
+                    "use AUTOMATIC1111 stable-diffusion-webui 1.10 or the command line (python -m lib_smooth).</p>")
+            return [(tab, "Smooth Diffusion", TAB_ID)]
+        with gr.Row(elem_id="smooth_diffusion_lora_row"):
+            default = _opt("smooth_diffusion_default_lora", NONE)
+            lora = gr.Dropdown(label="Smooth-LoRA", choices=_lora_choices(), value=default if default in _lora_choices() else NONE, elem_id="smooth_diffusion_lora")
+            refresh = gr.Button("🔄 Refresh", elem_id="smooth_diffusion_refresh")
+            weight = gr.Slider(0.0, 2.0, value=_opt("smooth_diffusion_lora_weight", 1.0), step=0.05, label="LoRA weight", elem_id="smooth_diffusion_weight")
+        refresh.click(fn=lambda: gr.update(choices=_lora_choices_refreshed()), inputs=[], outputs=[lora])
+        task_id = gr.Textbox(visible=False, elem_id="smooth_diffusion_task")
+        frames_default, steps_default = _opt("smooth_diffusion_frames", 24), _opt("smooth_diffusion_steps", 50)
+        with gr.Tabs(elem_id="smooth_diffusion_panels"):
+            with gr.Tab("Interpolation", elem_id="smooth_diffusion_interpolation_tab"):
+                with gr.Row():
+                    with gr.Column():
+                        with gr.Row():
+                            image_a = gr.Image(label="Image A (optional: else seed A)", type="pil", elem_id="smooth_diffusion_image_a")
+                            image_b = gr.Image(label="Image B (optional: else seed B)", type="pil", elem_id="smooth_diffusion_image_b")
+                        prompt_a = gr.Textbox(label="Prompt A", lines=2, elem_id="smooth_diffusion_prompt_a")
+                        prompt_b = gr.Textbox(label="Prompt B (optional)", lines=2, elem_id="smooth_diffusion_prompt_b")
+                        negative = gr.Textbox(label="Negative prompt", elem_id="smooth_diffusion_negative")
+                        with gr.Row():
+                            seed_a = gr.Number(label="Seed A", value=1, precision=0)
+                            seed_b = gr.Number(label="Seed B", value=2, precision=0)
+                        with gr.Row():
+                            frames = gr.Slider(2, 120, value=frames_default, step=1, label="Frames")
+                            steps = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
+                        with gr.Row():
+                            guidance = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
+                            inversion_guidance = gr.Slider(1.0, 30.0, value=1.0, step=0.5, label="Inversion guidance")
+                        inversion = gr.Dropdown(label="Inversion (image ends)", choices=["ddim", "ddim-no-text", "null-text", "dual-null-text"], value="ddim",
+                                                info="null-text: official demo's default, ≈ 10× slower inversion, far better reconstruction")
+                        with gr.Row():
+                            width = gr.Slider(64, 2048, value=512, step=8, label="Width")
+                            height = gr.Slider(64, 2048, value=512, step=8, label="Height")
+                        go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
+                    with gr.Column():
+                        gr.HTML("<div id='smooth_diffusion_interpolate_progress'></div>")
+                        gallery = gr.Gallery(label="Frames", elem_id="smooth_diffusion_gallery", columns=6)
+                        animation = gr.Image(label="Animation", type="filepath", elem_id="smooth_diffusion_animation")
+                        info = gr.Textbox(label="Parameters", lines=3, elem_id="smooth_diffusion_infotext")
+                        with gr.Row():
+                            _send_buttons(gallery, info)
+                        log = gr.HTML(elem_id="smooth_diffusion_interpolate_log")
+                go.click(fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
+                         inputs=[task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, negative, seed_a, seed_b, frames, steps, guidance,
+                                 inversion_guidance, inversion, width, height],
+                         outputs=[gallery, animation, info, log], **_submit_kwargs("smoothDiffusionSubmitInterpolate"))
+            with gr.Tab("Inversion & editing", elem_id="smooth_diffusion_inversion_tab"):
+                with gr.Row():
+                    with gr.Column():
+                        image = gr.Image(label="Image", type="pil", elem_id="smooth_diffusion_image")
+                        source = gr.Textbox(label="Source prompt (describes the image)", lines=2)
+                        target = gr.Textbox(label="Target prompt (optional: edit)", lines=2)
+                        negative_inv = gr.Textbox(label="Negative prompt")
+                        switch = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Switch threshold r (target prompt for the last r of the steps)")
+                        with gr.Row():
+                            steps_inv = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
+                            guidance_inv = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
+                            inversion_guidance_inv = gr.Slider(1.0, 30.0, value=1.0, step=0.5, label="Inversion guidance")
+                        mode = gr.Dropdown(label="Inversion", choices=["ddim", "ddim-no-text", "null-text"], value="ddim",
+                                           info="null-text: steps × 10 extra UNet passes; much better reconstruction")
+                        with gr.Row():
+                            width_inv = gr.Slider(64, 2048, value=512, step=8, label="Width")
+                            height_inv = gr.Slider(64, 2048, value=512, step=8, label="Height")
+                        go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
+                    with gr.Column():
+                        gr.HTML("<div id='smooth_diffusion_invert_progress'></div>")
+                        results = gr.Gallery(label="Input · reconstruction · edit", elem_id="smooth_diffusion_inversion_gallery", columns=3)
+                        info_inv = gr.Textbox(label="Parameters", lines=3)
+                        with gr.Row():
+                            _send_buttons(results, info_inv)
+                        report = gr.HTML(elem_id="smooth_diffusion_invert_log")
+                go_inv.click(fn=wrap_gradio_gpu_call(invert_or_edit, extra_outputs=[None, ""]),
+                             inputs=[task_id, lora, weight, image, source, target, negative_inv, switch, steps_inv, guidance_inv, inversion_guidance_inv,
+                                     mode, width_inv, height_inv],
+                             outputs=[results, info_inv, report], **_submit_kwargs("smoothDiffusionSubmitInvert"))
+            with gr.Tab("Smoothness", elem_id="smooth_diffusion_smoothness_tab"):
+                with gr.Row():
+                    with gr.Column():
+                        prompts = gr.Textbox(label="Prompts, one per line", lines=6, value="\n".join(DEFAULT_PROMPTS))
+                        with gr.Row():
+                            pairs = gr.Slider(1, 100, value=2, step=1, label="Noise pairs per prompt")
+                            points = gr.Slider(3, 31, value=11, step=1, label="Points per sequence (paper: 11)")
+                        with gr.Row():
+                            steps_istd = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
+                            guidance_istd = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
+                        with gr.Row():
+                            width_istd = gr.Slider(64, 2048, value=512, step=8, label="Width")
+                            height_istd = gr.Slider(64, 2048, value=512, step=8, label="Height")
+                            seed_istd = gr.Number(label="Seed", value=0, precision=0)
+                        go_istd = gr.Button("Measure ISTD", variant="primary", elem_id="smooth_diffusion_istd")
+                    with gr.Column():
+                        gr.HTML("<div id='smooth_diffusion_istd_progress'></div>")
+                        plot = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_plot")
+                        table = gr.HTML(elem_id="smooth_diffusion_istd_log")
+                go_istd.click(fn=wrap_gradio_gpu_call(smoothness, extra_outputs=[None]),
+                              inputs=[task_id, lora, weight, prompts, pairs, points, steps_istd, guidance_istd, width_istd, height_istd, seed_istd],
+                              outputs=[plot, table], **_submit_kwargs("smoothDiffusionSubmitIstd"))
+    return [(tab, "Smooth Diffusion", TAB_ID)]
+
+
+def _lora_choices_refreshed() -> List[str]:
+    try:
+        from .lora import refresh
+
+        return [NONE] + refresh()
+    except Exception:
+        return [NONE]
+
+
+def _send_buttons(gallery, text):
+    """Send the selected image and its parameters to txt2img / img2img (the WebUI's paste machinery)."""
+    from modules import infotext_utils
+
+    buttons = infotext_utils.create_buttons(["txt2img", "img2img"])
+    for tabname, button in buttons.items():
+        infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
+            paste_button=button, tabname=tabname, source_text_component=text, source_image_component=gallery))
+    return buttons
+
