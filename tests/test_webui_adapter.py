@@ -1,0 +1,130 @@
+"""The WebUI adapter's own logic, with small stand-ins for the WebUI's `modules` and the Lora extension."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from lib_smooth.errors import Interrupted, SmoothDiffusionError
+from lib_smooth.webui.generation import add_lora_to_prompts, parse_infotext
+from lib_smooth.webui.ui import _distance_plot, infotext
+
+
+class FakeNetwork:
+    def __init__(self, name, te, unet, dyn):
+        self.name, self.te_multiplier, self.unet_multiplier, self.dyn_dim = name, te, unet, dyn
+
+
+class FakeLayer(torch.nn.Linear):
+    def __init__(self):
+        super().__init__(2, 2)
+        self.network_layer_name = "layer"
+
+
+@pytest.fixture
+def fake_webui(monkeypatch, tmp_path):
+    """`modules.shared` with a model of two patched layers, and a `networks` module that records loads."""
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya
+
+    save_kohya(LoraNetwork({"lora_unet_layer": LoraLayer(torch.ones(1, 2), torch.ones(2, 1))}, "kohya"), tmp_path / "smooth.safetensors")
+    model = torch.nn.Sequential(FakeLayer(), FakeLayer())
+    networks = types.ModuleType("networks")
+    networks.loaded_networks = [FakeNetwork("user-style", 0.7, 0.7, None)]
+    networks.available_networks = {"smooth": types.SimpleNamespace(filename=str(tmp_path / "smooth.safetensors")), "user-style": None}
+    networks.available_network_aliases = dict(networks.available_networks)
+    networks.calls, networks.merged = [], []
+
+    def load_networks(names, te, unet, dyn):
+        networks.calls.append(list(names))
+        networks.loaded_networks[:] = [FakeNetwork(*a) for a in zip(names, te, unet, dyn)]
+
+    networks.load_networks = load_networks
+    networks.network_apply_weights = lambda module: networks.merged.append(tuple(n.name for n in networks.loaded_networks))
+    modules = types.ModuleType("modules")
+    modules.shared = types.SimpleNamespace(sd_model=model, state=types.SimpleNamespace(interrupted=False, stopping_generation=False))
+    monkeypatch.setitem(sys.modules, "networks", networks)
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.shared", modules.shared)
+    return networks, modules
+
+
+def test_lora_session_restores_the_users_networks_even_on_error(fake_webui):
+    from lib_smooth.webui.lora import lora_session
+
+    networks, _ = fake_webui
+    backend = types.SimpleNamespace(lora_label="")
+    with pytest.raises(RuntimeError):
+        with lora_session(backend, "smooth", 0.5) as loaded:
+            assert loaded == "smooth" and backend.lora_label == "smooth:0.5"
+            assert [(n.name, n.te_multiplier) for n in networks.loaded_networks] == [("smooth", 0.5)]
+            raise RuntimeError("the job failed")
+    assert networks.calls == [["smooth"], ["user-style"]]
+    assert [(n.name, n.te_multiplier) for n in networks.loaded_networks] == [("user-style", 0.7)]
+    assert networks.merged[-2:] == [("user-style",), ("user-style",)]  # both layers re-merged at once, not lazily
+    assert backend.lora_label == ""
+    with pytest.raises(SmoothDiffusionError, match="not found"):
+        with lora_session(backend, "missing", 1.0):
+            pass
+
+
+def test_official_format_is_converted_once_beside_the_original(fake_webui, tmp_path):
+    from safetensors.torch import save_file
+
+    from lib_smooth.webui.lora import kohya_name_for
+
+    networks, _ = fake_webui
+    save_file({"down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": torch.ones(8, 320),
+               "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": torch.ones(320, 8)}, str(tmp_path / "official.safetensors"))
+    networks.available_networks["official"] = types.SimpleNamespace(filename=str(tmp_path / "official.safetensors"))
+    refreshed = []
+    networks.list_available_networks = lambda: refreshed.append(True)
+    assert kohya_name_for("official") == "official_kohya" and refreshed == [True]
+    assert (tmp_path / "official_kohya.safetensors").is_file() and (tmp_path / "official.safetensors").is_file()
+    before = (tmp_path / "official_kohya.safetensors").stat().st_mtime_ns
+    assert kohya_name_for("official") == "official_kohya"
+    assert (tmp_path / "official_kohya.safetensors").stat().st_mtime_ns == before  # never rewritten
+    assert kohya_name_for("smooth") == "smooth"  # kohya files are used as they are
+
+
+def test_progress_drives_shared_state_and_honours_interrupt(fake_webui):
+    from lib_smooth.webui.api import webui_progress
+
+    _, modules = fake_webui
+    progress = webui_progress("interpolate")
+    progress(3, 10, None)
+    state = modules.shared.state
+    assert (state.sampling_step, state.sampling_steps) == (3, 10) and "3/10" in state.textinfo
+    state.interrupted = True
+    with pytest.raises(Interrupted):
+        progress(4, 10, None)
+
+
+def test_accordion_adds_the_lora_tag_and_infotext(fake_webui):
+    p = types.SimpleNamespace(all_prompts=["a cat", "a dog"], all_hr_prompts=["a cat"], extra_generation_params={})
+    add_lora_to_prompts(p, True, "smooth", 0.75)
+    assert p.all_prompts == ["a cat <lora:smooth:0.75>", "a dog <lora:smooth:0.75>"] and p.all_hr_prompts == ["a cat <lora:smooth:0.75>"]
+    assert p.extra_generation_params == {"Smooth-LoRA": "smooth:0.75"}
+    untouched = types.SimpleNamespace(all_prompts=["a cat"], extra_generation_params={})
+    add_lora_to_prompts(untouched, False, "smooth", 1.0)
+    add_lora_to_prompts(untouched, True, "None", 1.0)
+    assert untouched.all_prompts == ["a cat"] and untouched.extra_generation_params == {}
+
+
+def test_infotext_round_trips():
+    assert parse_infotext("smooth:0.75") == ("smooth", 0.75)
+    assert parse_infotext("my:lora:1") == ("my:lora", 1.0)
+    assert parse_infotext("plain") == ("plain", 1.0)
+    text = infotext({"job": "interpolate", "model_hash": "abc", "lora": {"name": "smooth", "weight": 0.5},
+                     "settings": {"prompt_a": "a cat", "negative_prompt": "blurry", "steps": 20, "guidance": 7.5, "seed_a": 3, "width": 64, "height": 64}})
+    assert text.startswith("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: DDIM, CFG scale: 7.5, Seed: 3, Size: 64x64, Model hash: abc")
+    assert "Smooth-LoRA: smooth:0.5" in text
+
+
+def test_distance_plot_draws_each_model():
+    smooth = {"mean": {"distances": [1.0, 1.1, 1.0], "mean_step": 1.03}}
+    plain = {"mean": {"distances": [1.0, 3.0, 1.5], "mean_step": 1.83}}
+    image = _distance_plot([("with LoRA", smooth), ("without LoRA", plain)])
+    assert image.size == (640, 320)
+    colours = {colour for _, colour in image.getcolors(maxcolors=1 << 16)}
+    assert (0xd6, 0x27, 0x28) in colours and (0x1f, 0x77, 0xb4) in colours
