@@ -42,10 +42,13 @@ def fake_webui(monkeypatch, tmp_path):
     networks.load_networks = load_networks
     networks.network_apply_weights = lambda module: networks.merged.append(tuple(n.name for n in networks.loaded_networks))
     modules = types.ModuleType("modules")
-    modules.shared = types.SimpleNamespace(sd_model=model, state=types.SimpleNamespace(interrupted=False, stopping_generation=False))
+    modules.shared = types.SimpleNamespace(sd_model=model, device="cpu", progress_print_out=sys.stderr,
+                                           state=types.SimpleNamespace(interrupted=False, skipped=False, stopping_generation=False))
+    modules.sd_samplers_common = types.SimpleNamespace(store_latent=lambda x: setattr(modules.shared.state, "current_latent", x))
     monkeypatch.setitem(sys.modules, "networks", networks)
     monkeypatch.setitem(sys.modules, "modules", modules)
     monkeypatch.setitem(sys.modules, "modules.shared", modules.shared)
+    monkeypatch.setitem(sys.modules, "modules.sd_samplers_common", modules.sd_samplers_common)
     return networks, modules
 
 
@@ -92,12 +95,16 @@ def test_progress_drives_shared_state_and_honours_interrupt(fake_webui):
 
     _, modules = fake_webui
     progress = webui_progress("interpolate")
-    progress(3, 10, None)
+    progress(3, 10, torch.ones(2, 4, 8, 8))
     state = modules.shared.state
     assert (state.sampling_step, state.sampling_steps) == (3, 10) and "3/10" in state.textinfo
-    state.interrupted = True
-    with pytest.raises(Interrupted):
-        progress(4, 10, None)
+    assert state.current_latent.shape == (1, 4, 8, 8) and progress.bar.n == 3  # live preview and console bar
+    for flag in ("interrupted", "skipped"):
+        setattr(state, flag, True)
+        with pytest.raises(Interrupted):
+            progress(4, 10, None)
+        setattr(state, flag, False)
+    progress.close()
 
 
 def test_accordion_adds_the_lora_tag_and_infotext(fake_webui):

@@ -51,8 +51,47 @@ def tiny_lora(backend, path: Path) -> None:
     save_kohya(LoraNetwork(layers, "kohya"), path)
 
 
+def launch(root: Path, checkpoint: Path, *extra: str):
+    """Start the WebUI API-only on a free port; returns (process, base URL) once our routes answer."""
+    port = free_port()
+    env = dict(os.environ, HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1")
+    python = os.environ.get("WEBUI_PYTHON", str(Path(WEBUI) / "venv" / "bin" / "python"))
+    log_path = root / f"webui-{port}.log"
+    process = subprocess.Popen(
+        [python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test", "--skip-python-version-check",
+         "--skip-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-nan-check", "--no-download-sd-model",
+         "--ckpt", str(checkpoint), "--lora-dir", str(root / "loras"), "--server-name", "127.0.0.1", "--port", str(port), "--nowebui", *extra],
+        cwd=WEBUI, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/smooth-diffusion/v1/version", timeout=2)
+            return process, base
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                return process, base  # our route answers, refusing without credentials (--api-auth)
+            time.sleep(1)  # 404: the app is up but the extension's routes are not registered yet
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError("the WebUI exited:\n" + log_path.read_text()[-3000:])
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError("the WebUI did not answer in 180 s:\n" + log_path.read_text()[-3000:])
+
+
+def stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @pytest.fixture(scope="module")
-def webui(tmp_path_factory):
+def installed(tmp_path_factory):
+    """A tiny checkpoint, a Lora folder with one LoRA, and this repository linked into extensions/."""
     from lib_smooth.backends.ldm_layout import save_single_file
     from lib_smooth.backends.tiny import build_tiny_backend
 
@@ -65,39 +104,21 @@ def webui(tmp_path_factory):
     if link.is_symlink():
         link.unlink()
     link.symlink_to(REPO)
-    port = free_port()
-    env = dict(os.environ, HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1")
-    python = os.environ.get("WEBUI_PYTHON", str(Path(WEBUI) / "venv" / "bin" / "python"))
-    log = open(root / "webui.log", "w")
-    process = subprocess.Popen(
-        [python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test", "--skip-python-version-check",
-         "--skip-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-nan-check", "--no-download-sd-model",
-         "--ckpt", str(checkpoint), "--lora-dir", str(root / "loras"), "--server-name", "127.0.0.1", "--port", str(port), "--nowebui"],
-        cwd=WEBUI, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(base + "/smooth-diffusion/v1/version", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None:
-                    raise RuntimeError("the WebUI exited:\n" + (root / "webui.log").read_text()[-3000:])
-                time.sleep(1)
-        else:
-            raise RuntimeError("the WebUI did not answer in 180 s:\n" + (root / "webui.log").read_text()[-3000:])
-        yield {"base": base, "log": root / "webui.log", "backend": backend}
+        yield root, checkpoint
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
         link.unlink()
         for suffix in (".safetensors", ".yaml"):
             checkpoint.with_suffix(suffix).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def webui(installed):
+    process, base = launch(*installed)
+    try:
+        yield {"base": base}
+    finally:
+        stop(process)
 
 
 def call(webui, path, body=None, method=None):
@@ -201,3 +222,17 @@ def test_img2img_smooth_inversion_script(webui):
     assert image(body["images"][0]).shape == (64, 64, 3)
     infotext = json.loads(body["info"])["infotexts"][0]
     assert "Smooth inversion: ddim" in infotext and "Smooth source prompt: an orange circle" in infotext
+
+
+def test_routes_honour_api_auth(installed, webui):
+    process, base = launch(*installed, "--api-auth", "smooth:secret")
+    try:
+        request = urllib.request.Request(base + "/smooth-diffusion/v1/version")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"smooth:secret").decode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        stop(process)

@@ -28,24 +28,52 @@ def b64png(image) -> str:
     return base64.b64encode(png_bytes(image)).decode()
 
 
-def webui_progress(job: str) -> Callable:
-    """A lib_smooth progress callback driving the WebUI's shared.state (progress bar, ETA, interrupt)."""
-    from modules import shared
+class WebUIProgress:
+    """A lib_smooth progress callback driving the WebUI: shared.state (progress bar, ETA, live preview),
+    a console bar, and Interrupt / Skip, which stop the job within one sampling step."""
 
-    def progress(done: int, total: int, _latent) -> None:
-        if shared.state.interrupted or getattr(shared.state, "stopping_generation", False):
-            raise Interrupted(f"{job} interrupted")
-        shared.state.job_count = 1
-        shared.state.sampling_steps = total
-        shared.state.sampling_step = done
-        shared.state.textinfo = f"Smooth Diffusion {job}: {done}/{total}"
+    def __init__(self, job: str):
+        self.job = job
+        self.bar = None
 
-    return progress
+    def __call__(self, done: int, total: int, latent) -> None:
+        from modules import sd_samplers_common, shared
+        from tqdm import tqdm
+
+        state = shared.state
+        if state.interrupted or state.skipped or getattr(state, "stopping_generation", False):
+            raise Interrupted(f"{self.job} interrupted")
+        state.job_count = 1
+        state.sampling_steps = total
+        state.sampling_step = done
+        state.textinfo = f"Smooth Diffusion {self.job}: {done}/{total}"
+        if latent is not None:
+            sd_samplers_common.store_latent(latent[:1].to(shared.device))
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"Smooth Diffusion {self.job}", file=shared.progress_print_out)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def execute(name: str, request, progress: Callable) -> dict:
+def webui_progress(job: str) -> WebUIProgress:
+    return WebUIProgress(job)
+
+
+def execute(name: str, request) -> dict:
     """Run one validated job on the loaded checkpoint with the request's LoRA (a Lora-folder name),
     restoring the user's LoRA state after; images come back as PIL images. The caller holds the lock."""
+    progress = webui_progress(name)
+    try:
+        return _execute(name, request, progress)
+    finally:
+        progress.close()
+
+
+def _execute(name: str, request, progress: Callable) -> dict:
     from ..jobs import run_interpolate, run_invert, run_istd
     from .backend import WebUIBackend
     from .lora import file_sha256, lora_session
@@ -84,7 +112,7 @@ def run_job(name: str, body: Dict[str, Any]) -> dict:
     with queue_lock:
         shared.state.begin(job=f"smooth-diffusion-{name}")
         try:
-            response = execute(name, request, webui_progress(name))
+            response = execute(name, request)
         finally:
             shared.state.end()
     for key in ("input", "reconstruction", "edited"):
@@ -98,7 +126,7 @@ def run_job(name: str, body: Dict[str, Any]) -> dict:
 def _auth_dependency():
     """HTTP basic auth with the WebUI's --api-auth credentials, when set."""
     from fastapi import Depends, HTTPException
-    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from fastapi.security import HTTPBasic
     from modules import shared
 
     credentials = getattr(shared.cmd_opts, "api_auth", None)
@@ -107,7 +135,7 @@ def _auth_dependency():
     allowed = dict(item.split(":", 1) for item in credentials.strip('"').replace("\n", "").split(","))
     basic = HTTPBasic()
 
-    def check(given: HTTPBasicCredentials = Depends(basic)) -> None:
+    def check(given=Depends(basic)) -> None:  # no annotation: this module postpones them, FastAPI would look it up by name
         import secrets
 
         expected = allowed.get(given.username)

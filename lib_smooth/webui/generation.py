@@ -39,22 +39,23 @@ def parse_infotext(value: str) -> Tuple[str, float]:
 
 def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: str) -> Callable:
     """A replacement for `p.sample` that starts from the DDIM inversion of the init image."""
+    from modules import devices
+
+    from ..invert import invert_image, reconstruct
+    from .api import webui_progress
+    from .backend import WebUIBackend
 
     def sample(conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
-        from modules import devices
-
-        from ..invert import invert_image, reconstruct
-        from .api import webui_progress
-        from .backend import WebUIBackend
-
-        backend = WebUIBackend(p.sd_model)
-        progress = webui_progress("smooth inversion")
+        backend, progress = WebUIBackend(p.sd_model), webui_progress("smooth inversion")
         target = prompts[0]  # the img2img prompt with extra-network tags already removed
         source = source_prompt.strip() or target
-        inversion = invert_image(backend, p.init_images[0], source, steps=p.steps, negative_prompt=p.negative_prompt, width=p.width, height=p.height,
-                                 mode=mode, null_text_guidance=p.cfg_scale, on_step=lambda i, n, x: progress(i + 1, 2 * n, x))
-        latent = reconstruct(backend, inversion, p.cfg_scale, p.negative_prompt, target if source != target else None, switch_ratio,
-                             on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x))
+        try:
+            inversion = invert_image(backend, p.init_images[0], source, steps=p.steps, negative_prompt=p.negative_prompt, width=p.width,
+                                     height=p.height, mode=mode, null_text_guidance=p.cfg_scale, on_step=lambda i, n, x: progress(i + 1, 2 * n, x))
+            latent = reconstruct(backend, inversion, p.cfg_scale, p.negative_prompt, target if source != target else None, switch_ratio,
+                                 on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x))
+        finally:
+            progress.close()
         p.extra_generation_params.update({"Smooth inversion": mode, "Smooth source prompt": source, "Smooth switch": switch_ratio})
         return latent.repeat(len(prompts), 1, 1, 1).to(devices.device)
 

@@ -18,7 +18,7 @@ from ..export import write_animation, write_json
 from ..images import png_bytes
 from ..metrics import EXPLANATIONS
 from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, validate
-from .api import execute, webui_progress
+from .api import execute
 
 TAB_ID = "smooth_diffusion"
 DEFAULT_PROMPTS = ["a photograph of a cat", "a red car parked on a street", "a bowl of fruit on a table",
@@ -106,7 +106,7 @@ def interpolate(task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, neg
                                           seed_a=int(seed_a), seed_b=int(seed_b), frames=int(frames), steps=int(steps), guidance=float(guidance),
                                           inversion_guidance=float(inversion_guidance), inversion=inversion, width=int(width), height=int(height),
                                           **_lora_fields(lora, weight)))
-    result = execute("interpolate", request, webui_progress("interpolate"))
+    result = execute("interpolate", request)
     folder = save_run("interpolate", {}, result["sidecar"], result["frames"])
     animation = next((str(p) for p in sorted(folder.glob("interpolation.*")) if p.suffix in (".gif", ".webp")), None)
     return result["frames"], animation, infotext(result["sidecar"]), f"<p>Saved to {folder}</p>"
@@ -119,7 +119,7 @@ def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative
                   inversion_guidance=float(inversion_guidance), inversion=inversion, width=int(width), height=int(height), **_lora_fields(lora, weight))
     job = "edit" if target_prompt.strip() else "invert"
     request = validate(EditRequest(target_prompt=target_prompt, switch_ratio=float(switch_ratio), **fields) if job == "edit" else InvertRequest(**fields))
-    result = execute(job, request, webui_progress(job))
+    result = execute(job, request)
     images = {"input": result["input"], "reconstruction": result["reconstruction"]}
     if "edited" in result:
         images["edited"] = result["edited"]
@@ -135,7 +135,7 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
     prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
     request = validate(IstdRequest(prompts=prompts, pairs=int(pairs), points=int(points), steps=int(steps), guidance=float(guidance),
                                    width=int(width), height=int(height), seed=int(seed), compare_without_lora=True, **_lora_fields(lora, weight)))
-    result = execute("istd", request, webui_progress("istd"))
+    result = execute("istd", request)
     reports = [("with LoRA" if request.lora else "checkpoint", result["istd"])]
     if "istd_without_lora" in result:
         reports.append(("without LoRA", result["istd_without_lora"]))
