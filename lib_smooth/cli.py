@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- running -------------------------------------------------------------------------------------
 
-def _progress_bar(description: str):
+def progress_bar(description: str):
     from tqdm import tqdm
 
     bar = tqdm(total=1, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -152,7 +152,7 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     backend = load_backend(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bar, update = _progress_bar(name)
+    bar, update = progress_bar(name)
     try:
         if name == "interpolate":
             result = run_interpolate(backend, request, InversionCache(folder=args.cache_dir), update)

@@ -32,7 +32,7 @@ def _b64(image: Image.Image) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from .cli import _progress_bar, load_backend
+    from .cli import progress_bar, load_backend
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     report: dict = {"model": "built-in tiny random-weight SD1-architecture model (abstract images: it shows the pipeline, not quality)"
                     if built_in else args.model, "model_hash": backend.identity, "interpolations": {}}
     for name, request in jobs.items():
-        bar, update = _progress_bar(f"interpolation ({name})")
+        bar, update = progress_bar(f"interpolation ({name})")
         start = time.perf_counter()
         result = run_interpolate(backend, request, cache, update)
         bar.close()
@@ -60,7 +60,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         write_pngs(result.frames, out / f"frames_{name}")
         report["interpolations"][name] = {"seconds": round(time.perf_counter() - start, 2), "gif": Path(files["gif"]).name,
                                           "smoothness": smoothness(result.frames).as_dict(), "sidecar": result.sidecar}
-    bar, update = _progress_bar("inversion + reconstruction")
+    bar, update = progress_bar("inversion + reconstruction")
     inversion = run_invert(backend, InvertRequest(image=_b64(circle), prompt="a red circle on a blue background", **common), cache, update)
     bar.close()
     inversion.input.save(out / "inversion_input.png")
