@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 pytest.importorskip("diffusers")
@@ -84,6 +85,10 @@ def test_file_uses_the_webui_layout(saved):
     assert "conditioner.embedders.1.model.text_projection" in sdxl
     assert "parameterization: v" in saved["sd2"][1].with_suffix(".yaml").read_text()
     assert "network_config" in saved["sdxl"][1].with_suffix(".yaml").read_text()
+    for arch in ARCHS:  # sgm's UNetModel defaults are the opposite; the WebUI refuses SDXL without them
+        unet = yaml.safe_load(saved[arch][1].with_suffix(".yaml").read_text())["model"]["params"]
+        unet = (unet.get("network_config") or unet["unet_config"])["params"]
+        assert unet["use_spatial_transformer"] is True and unet["legacy"] is False, arch
 
 
 def test_prediction_argument_wins_over_yaml(saved):

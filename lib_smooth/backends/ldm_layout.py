@@ -259,11 +259,12 @@ def unet_params(config: Mapping, sgm: bool = False) -> dict:
     )
     if config.get("use_linear_projection"):
         params["use_linear_in_transformer"] = True
+    params.update(use_spatial_transformer=True, legacy=False)  # sgm's defaults differ (False, True): always say so
     if sgm:
         if config.get("addition_embed_type") == "text_time":
             params.update(num_classes="sequential", adm_in_channels=config["projection_class_embeddings_input_dim"])
         return params
-    return dict(image_size=config["sample_size"], **params, use_spatial_transformer=True, legacy=False)
+    return dict(image_size=config["sample_size"], **params)
 
 
 def unet_config(params: Mapping, time_embed_dim: Optional[int] = None) -> dict:

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from lib_smooth.shapes import COLOURS, SHAPES, accuracy, detect, frechet_distance, render, samples, spec_for, write_dataset
+
+
+def test_specs_are_deterministic_and_captioned():
+    assert spec_for(5, seed=3) == spec_for(5, seed=3) and spec_for(5, seed=3) != spec_for(5, seed=4)
+    spec = spec_for(0)
+    assert spec.colour != spec.background and spec.shape in SHAPES
+    assert spec.caption == f"a {spec.size} {spec.colour} {spec.shape} {spec.position} on a {spec.background} background"
+    assert np.array_equal(np.asarray(render(spec)), np.asarray(render(spec)))
+
+
+def test_dataset_layout_is_kohya_readable(tmp_path):
+    folder = write_dataset(tmp_path / "data", 5, seed=1, size=32)
+    assert sorted(p.name for p in folder.iterdir())[:2] == ["000000.png", "000000.txt"]
+    assert (folder / "000004.txt").read_text() == spec_for(4, seed=1).caption
+
+
+def test_detector_reads_back_every_attribute_at_64_px():
+    images, specs = zip(*samples(400, seed=7, size=64))
+    result = accuracy(images, specs)
+    assert result["both"] >= 0.99 and result["count"] == 400
+    assert all(detect(image).background == spec.background for image, spec in zip(images[:50], specs[:50]))
+
+
+def test_detector_on_a_plain_image_finds_nothing():
+    from PIL import Image
+
+    detection = detect(Image.new("RGB", (64, 64), COLOURS["blue"]))
+    assert (detection.shape, detection.colour, detection.background) == ("none", "none", "blue")
+
+
+def test_frechet_distance_by_hand():
+    a = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])  # mean (1, 1), covariance (4/3)·I
+    b = 2 * a + 1  # mean (3, 3), covariance 4·(4/3)·I
+    # |Δμ|² + tr(Σa + Σb − 2(Σa^½ Σb Σa^½)^½) = 8 + tr((4/3)·I·(1 + 4 − 2·2)) = 8 + 8/3
+    assert frechet_distance(a, b) == pytest.approx(8 + 8 / 3)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
