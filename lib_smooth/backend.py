@@ -71,13 +71,6 @@ def cond_cat(conds: Sequence[Conditioning]) -> Conditioning:
     return torch.cat(list(conds))
 
 
-def cond_select(cond: Conditioning, index: Union[slice, torch.Tensor, Sequence[int]]) -> Conditioning:
-    """Pick batch entries (slice or index list)."""
-    if isinstance(cond, dict):
-        return {key: value[index] for key, value in cond.items()}
-    return cond[index]
-
-
 def cond_expand(cond: Conditioning, batch: int) -> Conditioning:
     """Repeat a batch-1 conditioning to `batch` entries; a conditioning of that size passes through."""
     size = cond_batch_size(cond)

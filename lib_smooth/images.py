@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import List, Sequence, Union
+from typing import List, Union
 
 import numpy as np
 import torch
@@ -59,16 +59,3 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def load_image(source: Union[str, bytes, Image.Image]) -> Image.Image:
-    """Open an image from a path, raw bytes or a PIL image, as RGB."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, (bytes, bytearray)):
-        return Image.open(io.BytesIO(source)).convert("RGB")
-    return Image.open(source).convert("RGB")
-
-
-def stack_pils(images: Sequence[Image.Image]) -> torch.Tensor:
-    return torch.cat([pil_to_tensor(image) for image in images])

@@ -53,9 +53,6 @@ def seed_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
-FrameCallback = Callable[[int, int], None]
-
-
 def render_frames(
     backend: Backend,
     x_T_a: torch.Tensor,

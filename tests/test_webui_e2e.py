@@ -51,6 +51,21 @@ def tiny_lora(backend, path: Path) -> None:
     save_kohya(LoraNetwork(layers, "kohya"), path)
 
 
+def write_hf_cache(home: Path) -> None:
+    """The Hugging Face cache entry the WebUI asks for CLIP ViT-L/14 (SD1 text config, SDXL's first
+    encoder): tokenizer files and a text config, offline (notes: webui-offline.md §3)."""
+    from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer
+
+    entry = home / "hub" / "models--openai--clip-vit-large-patch14"
+    snapshot = write_clip_tokenizer(entry / "snapshots" / "offline")
+    (entry / "refs").mkdir(parents=True, exist_ok=True)
+    (entry / "refs" / "main").write_text("offline")
+    (home / "hub" / "version.txt").write_text("1")
+    text = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=768)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 768, "text_config": text}))
+
+
 def launch(root: Path, checkpoint: Path, *extra: str):
     """Start the WebUI API-only on a free port; returns (process, base URL) once our routes answer."""
     port = free_port()
@@ -96,6 +111,7 @@ def installed(tmp_path_factory):
     from lib_smooth.backends.tiny import build_tiny_backend
 
     root = tmp_path_factory.mktemp("webui")
+    write_hf_cache(root / "hf")
     backend = build_tiny_backend("sd1", seed=0)
     checkpoint = save_single_file(backend, Path(WEBUI) / "models" / "Stable-diffusion" / "smooth-e2e-tiny.safetensors", tokenizer_and_config_dir=root / "text")
     (root / "loras").mkdir()
@@ -236,3 +252,31 @@ def test_routes_honour_api_auth(installed, webui):
             assert response.status == 200
     finally:
         stop(process)
+
+
+@pytest.mark.skipif(not os.environ.get("SMOOTH_E2E_FULL_SIZE"), reason="set SMOOTH_E2E_FULL_SIZE=1 to also check full-size SD2 768-v and SDXL models (GBs of disk, SDXL ≈ 15 GB RAM)")
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
+    from lib_smooth.backends.ldm_layout import save_single_file
+    from lib_smooth.backends.tiny import build_full_size_backend
+
+    root, _ = installed
+    checkpoint = Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-{arch}.safetensors"
+    save_single_file(build_full_size_backend(arch, tokenizer_dir=tmp_path / "tok"), checkpoint)
+    try:
+        process, base = launch(root, checkpoint)
+        webui = {"base": base}
+        try:
+            status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 3, "width": 64, "height": 64})
+            assert status == 200, body
+            assert len(body["frames"]) == 3
+            status, body = call(webui, "/smooth-diffusion/v1/invert", {"image": drawn(), "prompt": "a circle", "steps": 3, "width": 64, "height": 64,
+                                                                     "inversion": "null-text", "null_text_steps": 2})
+            assert status == 200, body
+            status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": ["a cat"], "points": 3, "steps": 2, "width": 64, "height": 64})
+            assert status == 200, body
+        finally:
+            stop(process)
+    finally:
+        for suffix in (".safetensors", ".yaml"):
+            checkpoint.with_suffix(suffix).unlink(missing_ok=True)

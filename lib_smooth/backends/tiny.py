@@ -1,4 +1,5 @@
-"""Tiny random-weight models with the real SD1.x / SD2.x / SDXL architectures, built on the spot.
+"""Random-weight models with the real SD1.x / SD2.x / SDXL architectures, built on the spot: tiny ones
+for tests and the demo, full-size ones for end-to-end checks in hosts that only load real sizes.
 
 Used by the tests and, until a trained small model ships, by ``python -m lib_smooth demo``. Widths are
 small but the structure is the real one: UNet2DConditionModel with cross-attention transformer blocks
@@ -123,3 +124,34 @@ def save_diffusers_folder(backend: DiffusersBackend, folder: str | Path) -> Path
         index[name.replace("text_encoder", "tokenizer")] = ["transformers", "CLIPTokenizer"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def build_full_size_backend(arch: str, seed: int = 0, dtype: torch.dtype = torch.float16, tokenizer_dir: str | Path | None = None) -> DiffusersBackend:
+    """A random-weight model at the published SD 1.5 / SD 2.x 768-v / SDXL-base sizes (several GB).
+
+    Only for hosts that accept nothing smaller (the WebUI's SD2/SDXL text encoders have fixed sizes).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from .ldm_layout import unet_config, vae_config
+    from .single_file import _PAD_TOKENS, _SCALE_FACTOR, _SD_VAE, _STANDARD_TEXT, _STANDARD_UNET
+
+    tokenizer_dir = Path(tokenizer_dir or tempfile.mkdtemp(prefix="lib_smooth_tokenizer_"))
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target precision: SDXL in fp32 alone is 10 GB
+    try:
+        unet = UNet2DConditionModel(**unet_config(_STANDARD_UNET[arch], 256))
+        with torch.no_grad():
+            unet.conv_out.weight.mul_(OUTPUT_SCALE)
+            unet.conv_out.bias.mul_(OUTPUT_SCALE)
+        vae = AutoencoderKL(**vae_config(dict(_SD_VAE, resolution=_STANDARD_UNET[arch]["image_size"] * 8), _SCALE_FACTOR[arch]))
+        classes = [CLIPTextModel, CLIPTextModelWithProjection] if arch == "sdxl" else [CLIPTextModel]
+        encoders = [cls(CLIPTextConfig(**config)) for cls, config in zip(classes, _STANDARD_TEXT[arch])]
+    finally:
+        torch.set_default_dtype(previous)
+    tokenizers = [CLIPTokenizer.from_pretrained(write_clip_tokenizer(tokenizer_dir / str(i), pad_token=pad), local_files_only=True)
+                  for i, pad in enumerate(_PAD_TOKENS[arch])]
+    return DiffusersBackend(unet, vae, encoders, tokenizers, _alphas_cumprod(SCHEDULER), "v" if arch == "sd2" else "eps", arch,
+                            identity=f"random-{arch}-{seed}", dtype=dtype)
