@@ -280,3 +280,26 @@ def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
     finally:
         for suffix in (".safetensors", ".yaml"):
             checkpoint.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def test_interrupt_stops_a_job_within_a_step(webui):
+    import threading
+
+    outcome = {}
+
+    def long_job():
+        outcome["result"] = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 64,
+                                                                           "steps": 200, "width": 128, "height": 128, "batch_size": 1})
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and call(webui, "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 3:
+        time.sleep(0.2)
+    started = time.time()
+    assert call(webui, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
+    worker.join(timeout=60)
+    status, body = outcome["result"]
+    assert status == 409 and "interrupted" in body["detail"]
+    assert time.time() - started < 10  # 64 frames × 200 steps would take minutes
+    assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
