@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -39,6 +39,14 @@ def refresh() -> List[str]:
     return available()
 
 
+_FORMATS: Dict[Tuple[str, int], str] = {}  # (path, mtime) → format: reading a LoRA once per file version
+_HASHES: Dict[Tuple[str, int], str] = {}
+
+
+def _file_key(path: Path) -> Tuple[str, int]:
+    return str(path), path.stat().st_mtime_ns
+
+
 def kohya_name_for(name: str) -> str:
     """The name to load: a non-kohya file (official Smooth-LoRA, PEFT) is converted once to
     `<stem>_kohya.safetensors` beside it (never overwriting) and that file's name is returned."""
@@ -47,19 +55,26 @@ def kohya_name_for(name: str) -> str:
     if entry is None:
         raise SmoothDiffusionError(f"LoRA {name!r} not found in the Lora folder; refresh the list or check the name")
     path = Path(entry.filename)
-    network = load_lora(path)
-    if network.source_format == "kohya":
+    key = _file_key(path)
+    if key not in _FORMATS:
+        _FORMATS[key] = load_lora(path).source_format
+    if _FORMATS[key] == "kohya":
         return name
     converted = path.with_name(f"{path.stem}_kohya.safetensors")
     if not converted.exists():
-        save_kohya(network, converted)
+        save_kohya(load_lora(path), converted)
         networks.list_available_networks()
     return converted.stem
 
 
 def file_sha256(name: str) -> str:
     entry = _networks().available_networks.get(name)
-    return hashlib.sha256(Path(entry.filename).read_bytes()).hexdigest() if entry else ""
+    if entry is None:
+        return ""
+    key = _file_key(Path(entry.filename))
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(Path(entry.filename).read_bytes()).hexdigest()
+    return _HASHES[key]
 
 
 def _state(networks) -> NetworkState:
