@@ -222,3 +222,28 @@ def test_math_attention_supports_double_backward():
         (grad,) = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
         (second,) = torch.autograd.grad(grad.pow(2).sum(), q)
     assert torch.isfinite(second).all() and second.abs().sum() > 0
+
+
+def _distributed_worker(rank: int, rendezvous: str, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        # x̂₀ = s·x_t with s = rank + 1: r = (1 − ᾱ)·s·‖y‖, so each process sees a different batch mean
+        x_t = torch.ones(2, 4, dtype=torch.float64, requires_grad=True)
+        y = torch.full((2, 4), 0.5, dtype=torch.float64)  # ‖y‖ = 1
+        alphas = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        reg = StepwiseVariationRegularizer(ema_decay=1.0)
+        _, stats = reg((rank + 1.0) * x_t, x_t, alphas, y)
+        results[rank] = stats["target_a"]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_moving_target_uses_the_mean_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_distributed_worker, args=(str(tmp_path / "rendezvous"), results), nprocs=2, join=True)
+    # local means 0.5 and 1.0: both processes must move a to their average, 0.75
+    assert results[0] == pytest.approx(0.75) and results[1] == pytest.approx(0.75)
