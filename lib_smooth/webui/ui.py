@@ -174,6 +174,23 @@ def _distance_plot(reports):
     return image
 
 
+def _limits(name: str) -> dict:
+    """Slider bounds from the request model's field metadata, so the UI, API and CLI share limits."""
+    import dataclasses
+
+    meta = next(f.metadata for f in dataclasses.fields(InterpolateRequest) if f.name == name)
+    return {"minimum": meta["low"], "maximum": meta["high"], "step": meta.get("multiple_of") or 1}
+
+
+def _size_row():
+    import gradio as gr
+
+    with gr.Row():
+        width = gr.Slider(value=512, label="Width", **_limits("width"))
+        height = gr.Slider(value=512, label="Height", **_limits("height"))
+    return width, height
+
+
 def _submit_kwargs(js_function: str) -> dict:
     """`_js` on gradio 3 (A1111), `js` on gradio 4."""
     import gradio as gr
@@ -221,9 +238,7 @@ def build_tab():
                             inversion_guidance = gr.Slider(1.0, 30.0, value=1.0, step=0.5, label="Inversion guidance")
                         inversion = gr.Dropdown(label="Inversion (image ends)", choices=["ddim", "ddim-no-text", "null-text", "dual-null-text"], value="ddim",
                                                 info="null-text: official demo's default, ≈ 10× slower inversion, far better reconstruction")
-                        with gr.Row():
-                            width = gr.Slider(64, 2048, value=512, step=8, label="Width")
-                            height = gr.Slider(64, 2048, value=512, step=8, label="Height")
+                        width, height = _size_row()
                         go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
                     with gr.Column():
                         gr.HTML("<div id='smooth_diffusion_interpolate_progress'></div>")
@@ -251,9 +266,7 @@ def build_tab():
                             inversion_guidance_inv = gr.Slider(1.0, 30.0, value=1.0, step=0.5, label="Inversion guidance")
                         mode = gr.Dropdown(label="Inversion", choices=["ddim", "ddim-no-text", "null-text"], value="ddim",
                                            info="null-text: steps × 10 extra UNet passes; much better reconstruction")
-                        with gr.Row():
-                            width_inv = gr.Slider(64, 2048, value=512, step=8, label="Width")
-                            height_inv = gr.Slider(64, 2048, value=512, step=8, label="Height")
+                        width_inv, height_inv = _size_row()
                         go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
                     with gr.Column():
                         gr.HTML("<div id='smooth_diffusion_invert_progress'></div>")
@@ -276,10 +289,8 @@ def build_tab():
                         with gr.Row():
                             steps_istd = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
                             guidance_istd = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
-                        with gr.Row():
-                            width_istd = gr.Slider(64, 2048, value=512, step=8, label="Width")
-                            height_istd = gr.Slider(64, 2048, value=512, step=8, label="Height")
-                            seed_istd = gr.Number(label="Seed", value=0, precision=0)
+                        width_istd, height_istd = _size_row()
+                        seed_istd = gr.Number(label="Seed", value=0, precision=0)
                         go_istd = gr.Button("Measure ISTD", variant="primary", elem_id="smooth_diffusion_istd")
                     with gr.Column():
                         gr.HTML("<div id='smooth_diffusion_istd_progress'></div>")
