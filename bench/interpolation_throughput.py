@@ -1,0 +1,93 @@
+"""Interpolation throughput against the bound set by the UNet evaluations alone.
+
+Runs a seed-to-seed interpolation through lib_smooth.jobs.run_interpolate with a backend whose UNet,
+VAE and text-encoder calls are timed, and reports frames per second, UNet evaluations per frame, and
+how much of the wall time is spent outside the UNet (VAE decoding listed apart: it is model work too,
+but not the UNet's). The goal is ≤ 10 % outside the UNet and VAE.
+
+    python bench/interpolation_throughput.py [--model PATH] [--frames 24] [--steps 25] [--size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth.jobs import run_interpolate  # noqa: E402
+from lib_smooth.requests import InterpolateRequest  # noqa: E402
+
+
+class TimedBackend:
+    """Forwards everything to a backend and adds up the seconds spent in each model call."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.samples = inner, defaultdict(float), defaultdict(int)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _timed(self, kind, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        self.seconds[kind] += time.perf_counter() - start
+        self.samples[kind] += args[0].shape[0] if hasattr(args[0], "shape") else len(args[0])
+        return out
+
+    def unet(self, x, t, cond):
+        return self._timed("unet", self.inner.unet, x, t, cond)
+
+    def decode_latents(self, latents):
+        return self._timed("vae_decode", self.inner.decode_latents, latents)
+
+    def encode_prompts(self, prompts, width, height):
+        return self._timed("text", self.inner.encode_prompts, prompts, width, height)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    if args.model:
+        from lib_smooth.backends.diffusers_backend import load_model
+
+        inner, model = load_model(args.model), args.model
+    else:
+        from lib_smooth.backends.tiny import build_tiny_backend
+
+        inner, model = build_tiny_backend("sd1"), "tiny random-weight SD1 (lib_smooth.backends.tiny)"
+    request = InterpolateRequest(prompt_a="a red circle on a blue background", seed_a=1, seed_b=2, frames=args.frames, steps=args.steps,
+                                 width=args.size, height=args.size, batch_size=args.batch_size)
+    run_interpolate(inner, InterpolateRequest(**{**request.__dict__, "frames": 2, "steps": 2}))  # warm-up
+    backend = TimedBackend(inner)
+    start = time.perf_counter()
+    run_interpolate(backend, request)
+    total = time.perf_counter() - start
+    unet, decode, text = backend.seconds["unet"], backend.seconds["vae_decode"], backend.seconds["text"]
+    other = total - unet - decode - text
+    result = {
+        "model": model, "frames": args.frames, "steps": args.steps, "size": args.size, "batch_size": args.batch_size,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "seconds": total, "frames_per_second": args.frames / total, "unet_evaluations_per_frame": backend.samples["unet"] / args.frames,
+        "unet_seconds": unet, "vae_decode_seconds": decode, "text_seconds": text, "other_seconds": other,
+        "overhead_over_unet_and_vae": other / (unet + decode), "overhead_over_unet_alone": (total - unet) / unet,
+    }
+    folder = Path(__file__).parent / "results"
+    folder.mkdir(exist_ok=True)
+    (folder / "interpolation_throughput.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
