@@ -92,9 +92,21 @@ def test_cached_inversions_are_reused_when_the_frame_count_changes(sd1):
     counting.calls = 0
     run_interpolate(counting, InterpolateRequest(frames=8, **request), cache)
     assert cache.hits == 2 and counting.calls == 2 * 6  # two frame batches, no inversion
-    # another LoRA / model / setting is another key
+    # another setting is another key
     run_interpolate(counting, InterpolateRequest(frames=4, inversion_guidance=2.0, **request), cache)
     assert cache.misses == 4
+    # and so is another LoRA set or weight: the same image inverts again under a LoRA
+    from test_lora import attention_projections, random_lora
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork
+
+    shapes = {p: tuple(m.weight.shape) for p, m in attention_projections(sd1.unet_model)}
+    network = LoraNetwork({"lora_unet_" + p.replace(".", "_"): LoraLayer(d, u) for p, (d, u) in random_lora(shapes).items()}, "kohya")
+    sd1.apply_lora(network, 0.5)
+    try:
+        run_interpolate(counting, InterpolateRequest(frames=4, **request), cache)
+    finally:
+        sd1.remove_lora()
+    assert cache.misses == 6
 
 
 def test_seed_interpolation_batches_frames(sd1):

@@ -99,3 +99,20 @@ def test_dual_null_text_interpolation_ends_use_the_shared_nulls(sd1):
         assert np.abs(np.asarray(frame, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
     one_image = InterpolateRequest(prompt_a="a circle", image_a=b64(a), seed_b=3, frames=3, steps=4, width=64, height=64, inversion="null-text", null_text_steps=2)
     assert len(run_interpolate(sd1, one_image).frames) == 3  # a seed end uses the negative prompt at every step
+
+
+def test_interrupt_stops_within_one_inner_iteration(sd1):
+    from lib_smooth.errors import Interrupted
+
+    counting = CountingBackend(sd1)
+    request = InvertRequest(image=b64(picture()), prompt="an orange circle", steps=6, width=64, height=64, inversion="null-text", null_text_steps=10)
+    ddim_done = 6  # the DDIM pass reports 6 steps, then each inner iteration one unit
+
+    def progress(done, total, latent):
+        if done > ddim_done + 2:
+            raise Interrupted("stop")
+
+    with pytest.raises(Interrupted):
+        run_invert(counting, request, progress=progress)
+    # 6 DDIM steps, then for the first sampling step: 1 conditional pass and exactly 3 optimisation passes
+    assert counting.calls == 6 + 1 + 3
