@@ -29,6 +29,7 @@ from typing import Dict, Optional
 import torch
 
 from .errors import CorruptLoraError, LoraArchitectureError, NotALoraError
+from .ldm_names import unet_name
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_")
 CONTEXT_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -86,35 +87,16 @@ class LoraNetwork:
 # --- names ---------------------------------------------------------------------------------------
 
 def sgm_module_name(path: str, layers_per_block: int = 2, up_blocks_with_attention: frozenset = frozenset({0, 1})) -> str:
-    """Map a diffusers UNet module path (dotted) to the SGM/ldm name kohya uses for SDXL (underscored).
+    """The SGM/ldm name kohya uses for SDXL (underscored) of a diffusers UNet module path (dotted).
 
-    The ldm UNet numbers its blocks flatly: input block 0 is conv_in, then each down level has
-    `layers_per_block` (resnet[, attention]) blocks and one downsampler; each up level has
-    `layers_per_block + 1` blocks, the last carrying the upsampler after the resnet and, on levels
-    with attention, after the transformer (SDXL base: up levels 0 and 1).
+    The block numbering comes from :func:`lib_smooth.ldm_names.unet_name`; SDXL base has two layers
+    per block and attention on up levels 0 and 1. Paths it does not know keep their diffusers form.
     """
-    per_down, per_up = layers_per_block + 1, layers_per_block + 1
-    renames = {"conv1": "in_layers.2", "norm1": "in_layers.0", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-               "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-    rules = [
-        (r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)$", lambda b, j, rest: f"input_blocks.{1 + int(b) * per_down + int(j)}.1.{rest}"),
-        (r"^down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)$", lambda b, j, rest: f"input_blocks.{1 + int(b) * per_down + int(j)}.0.{renames.get(rest, rest)}"),
-        (r"^down_blocks\.(\d+)\.downsamplers\.0\.conv$", lambda b: f"input_blocks.{(int(b) + 1) * per_down}.0.op"),
-        (r"^up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)$", lambda b, j, rest: f"output_blocks.{int(b) * per_up + int(j)}.1.{rest}"),
-        (r"^up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)$", lambda b, j, rest: f"output_blocks.{int(b) * per_up + int(j)}.0.{renames.get(rest, rest)}"),
-        (r"^up_blocks\.(\d+)\.upsamplers\.0\.conv$", lambda b: f"output_blocks.{int(b) * per_up + layers_per_block}.{2 if int(b) in up_blocks_with_attention else 1}.conv"),
-        (r"^mid_block\.attentions\.0\.(.*)$", lambda rest: f"middle_block.1.{rest}"),
-        (r"^mid_block\.resnets\.(\d+)\.(\w+)$", lambda j, rest: f"middle_block.{2 * int(j)}.{renames.get(rest, rest)}"),
-        (r"^conv_in$", lambda: "input_blocks.0.0"),
-        (r"^conv_out$", lambda: "out.2"),
-        (r"^time_embedding\.linear_(\d)$", lambda n: f"time_embed.{2 * (int(n) - 1)}"),
-        (r"^add_embedding\.linear_(\d)$", lambda n: f"label_emb.0.{2 * (int(n) - 1)}"),
-    ]
-    for pattern, build in rules:
-        match = re.match(pattern, path)
-        if match:
-            return build(*match.groups()).replace(".", "_")
-    return path.replace(".", "_")
+    try:
+        ldm = unet_name(path + ".weight", layers_per_block, up_blocks_with_attention)
+    except ValueError:
+        return path.replace(".", "_")
+    return ldm.removesuffix(".weight").replace(".", "_")
 
 
 def kohya_name(component: str, path: str, arch: Optional[str], layers_per_block: int = 2) -> str:

@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 CORE = ["lib_smooth." + m for m in ("backend", "ddim", "interpolate", "invert", "metrics", "images", "cache", "evaluate", "jobs",
-                                     "requests", "export", "lora_formats", "lora_apply", "cli", "demo", "errors")]
+                                     "requests", "export", "lora_formats", "lora_apply", "ldm_names", "cli", "demo", "errors")]
 
 
 def test_core_imports_no_diffusers_transformers_or_gradio():
