@@ -27,7 +27,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .backend import Backend, Conditioning, cond_cat, cond_expand
+from .backend import Backend, Conditioning, cond_expand
 from .ddim import ddim_step, ddim_timesteps, level, model_output_to_eps
 
 # (sampling step, units): called after every inner iteration with units = 1 and, when a step stops early,
@@ -109,8 +109,7 @@ def optimise_null_embeddings(
                 break
         null = _detached(null)
         nulls.append(null)
-        with torch.no_grad():
-            both = backend.unet(torch.cat([x, x]), torch.cat([t_batch, t_batch]), cond_cat([cond_expand(null, batch), cond_b]))
-            eps_u, eps_c = model_output_to_eps(both, torch.cat([x, x]), a_t, backend.parameterization).chunk(2)
+        with torch.no_grad():  # ε(x, t, c) is unchanged since before the loop: only the null branch is new
+            eps_u = model_output_to_eps(backend.unet(x, t_batch, cond_expand(null, batch)), x, a_t, backend.parameterization)
             x = ddim_step(x, eps_u + guidance * (eps_c - eps_u), a_t, a_next)
     return nulls
