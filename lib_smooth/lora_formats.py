@@ -21,6 +21,8 @@ diffusers names; :func:`sgm_module_name` maps a diffusers UNet path to its SGM n
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,27 +113,25 @@ def kohya_name(component: str, path: str, arch: Optional[str], layers_per_block:
 
 # --- reading -------------------------------------------------------------------------------------
 
-def _read_tensors(path: Path) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+def _read_tensors(name: str, data: bytes, safetensors_file: bool) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Tensors and metadata from a file's bytes (read once: the same bytes give the file's hash)."""
+    if safetensors_file:
+        from safetensors.torch import load
 
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
-                return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # the metadata lives in the JSON header
+            return load(data), dict(header.get("__metadata__") or {})
         except Exception as error:  # safetensors raises its own error types for every kind of damage
-            raise CorruptLoraError(f"{path.name} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+            raise CorruptLoraError(f"{name} is not a readable safetensors file (truncated or corrupt?): {error}") from error
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CorruptLoraError(f"{path.name} is not a readable tensor file (truncated or corrupt?): {error}") from error
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise NotALoraError(f"{path.name} holds no tensor dictionary")
-    return data, {}
+        raise CorruptLoraError(f"{name} is not a readable tensor file (truncated or corrupt?): {error}") from error
+    if isinstance(tensors, dict) and isinstance(tensors.get("state_dict"), dict):
+        tensors = tensors["state_dict"]
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise NotALoraError(f"{name} holds no tensor dictionary")
+    return tensors, {}
 
 
 _OFFICIAL = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
@@ -216,9 +216,12 @@ def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, st
 def load_lora(path: str | Path, arch: Optional[str] = None) -> LoraNetwork:
     """Read a LoRA file (.safetensors, or .pt/.bin/.ckpt tensor dicts) in any supported format."""
     path = Path(path)
-    tensors, metadata = _read_tensors(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file not found: {path}")
+    data = path.read_bytes()
+    tensors, metadata = _read_tensors(path.name, data, path.suffix.lower() == ".safetensors")
     network = parse_lora(tensors, metadata, arch, name=path.name)
-    network.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    network.sha256 = hashlib.sha256(data).hexdigest()
     return network
 
 
