@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.jobs import run_interpolate  # noqa: E402
 from lib_smooth.requests import InterpolateRequest  # noqa: E402
 
@@ -59,14 +60,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    if args.model:
-        from lib_smooth.backends.diffusers_backend import load_model
-
-        inner, model = load_model(args.model), args.model
-    else:
-        from lib_smooth.backends.tiny import build_tiny_backend
-
-        inner, model = build_tiny_backend("sd1"), "tiny random-weight SD1 (lib_smooth.backends.tiny)"
+    inner, model = open_model(args.model)
     request = InterpolateRequest(prompt_a="a red circle on a blue background", seed_a=1, seed_b=2, frames=args.frames, steps=args.steps,
                                  width=args.size, height=args.size, batch_size=args.batch_size)
     run_interpolate(inner, InterpolateRequest(**{**request.__dict__, "frames": 2, "steps": 2}))  # warm-up

@@ -18,22 +18,18 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
 from lib_smooth.jobs import decode  # noqa: E402
 from lib_smooth.metrics import psnr, ssim  # noqa: E402
+from lib_smooth.shapes import samples  # noqa: E402
 
 
 def test_images(size: int) -> list:
-    images = []
-    for shape, colour, background in (("circle", "red", "blue"), ("square", "yellow", "green"), ("circle", "white", "black")):
-        image = Image.new("RGB", (size, size), background)
-        box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
-        (ImageDraw.Draw(image).ellipse if shape == "circle" else ImageDraw.Draw(image).rectangle)(box, fill=colour)
-        images.append((f"a {colour} {shape} on a {background} background", image))
-    return images
+    """Three drawn images with their captions (the first of lib_smooth.shapes' deterministic set)."""
+    return [(spec.caption, image) for image, spec in samples(3, seed=0, size=size)]
 
 
 def main() -> None:
@@ -43,14 +39,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--inner-steps", type=int, default=10)
     args = parser.parse_args()
-    if args.model:
-        from lib_smooth.backends.diffusers_backend import load_model
-
-        backend, model = load_model(args.model), args.model
-    else:
-        from lib_smooth.backends.tiny import build_tiny_backend
-
-        backend, model = build_tiny_backend("sd1"), "tiny random-weight SD1 (lib_smooth.backends.tiny)"
+    backend, model = open_model(args.model)
     rows = []
     for mode in ("ddim", "null-text"):
         for prompt, image in test_images(args.size):

@@ -126,18 +126,12 @@ def progress_bar(description: str):
 
 
 def load_backend(args: argparse.Namespace):
-    import torch
+    from .backends import open_model
 
-    dtype = getattr(torch, args.dtype)
-    if args.model:
-        from .backends.diffusers_backend import load_model
-
-        return load_model(args.model, device=args.device, dtype=dtype, prediction=args.prediction, config_dir=args.model_config)
-    from .backends.tiny import build_tiny_backend
-
-    print("note: no --model given: using a tiny random-weight SD1-architecture model built on the spot; "
-          "its images are abstract noise patterns and only show the pipeline working", file=sys.stderr)
-    return build_tiny_backend("sd1")
+    backend, description = open_model(args.model, args.device, args.dtype, args.prediction, args.model_config)
+    if not args.model:
+        print(f"note: no --model given: using the {description}", file=sys.stderr)
+    return backend
 
 
 def _request_from_args(cls: type, args: argparse.Namespace):

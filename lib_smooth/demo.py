@@ -8,23 +8,16 @@ import html
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from .backends import TINY_MODEL
 from .cache import InversionCache
 from .export import write_animation, write_json, write_pngs
 from .images import png_bytes
 from .jobs import run_interpolate, run_invert
 from .metrics import EXPLANATIONS, smoothness
 from .requests import InterpolateRequest, InvertRequest
-
-
-def shape_image(size: int, shape: str, colour: str, background: str) -> Image.Image:
-    """A centred circle or square on a plain background: a real image for inversion without downloads."""
-    image = Image.new("RGB", (size, size), background)
-    draw = ImageDraw.Draw(image)
-    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
-    return image
+from .shapes import ShapeSpec, render
 
 
 def _b64(image: Image.Image) -> str:
@@ -39,18 +32,16 @@ def run_demo(args: argparse.Namespace) -> dict:
     backend = load_backend(args)
     built_in = not args.model
     size, common = args.size, dict(steps=args.steps, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
-    circle = shape_image(size, "circle", "red", "blue")
-    square = shape_image(size, "square", "green", "yellow")
+    circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
+    square = ShapeSpec("square", "green", "yellow", "large", "in the centre")
     cache = InversionCache()
     jobs = {
-        "seeds": InterpolateRequest(prompt_a="a red circle on a blue background", seed_a=1, seed_b=2, frames=args.frames, **common),
-        "prompts": InterpolateRequest(prompt_a="a red circle on a blue background", prompt_b="a green square on a yellow background",
-                                      seed_a=3, seed_b=3, frames=args.frames, **common),
-        "images": InterpolateRequest(prompt_a="a red circle on a blue background", prompt_b="a green square on a yellow background",
-                                     image_a=_b64(circle), image_b=_b64(square), frames=args.frames, **common),
+        "seeds": InterpolateRequest(prompt_a=circle.caption, seed_a=1, seed_b=2, frames=args.frames, **common),
+        "prompts": InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, seed_a=3, seed_b=3, frames=args.frames, **common),
+        "images": InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, image_a=_b64(render(circle, size)),
+                                     image_b=_b64(render(square, size)), frames=args.frames, **common),
     }
-    report: dict = {"model": "built-in tiny random-weight SD1-architecture model (abstract images: it shows the pipeline, not quality)"
-                    if built_in else args.model, "model_hash": backend.identity, "interpolations": {}}
+    report: dict = {"model": TINY_MODEL if built_in else args.model, "model_hash": backend.identity, "interpolations": {}}
     for name, request in jobs.items():
         bar, update = progress_bar(f"interpolation ({name})")
         start = time.perf_counter()
@@ -61,7 +52,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         report["interpolations"][name] = {"seconds": round(time.perf_counter() - start, 2), "gif": Path(files["gif"]).name,
                                           "smoothness": smoothness(result.frames).as_dict(), "sidecar": result.sidecar}
     bar, update = progress_bar("inversion + reconstruction")
-    inversion = run_invert(backend, InvertRequest(image=_b64(circle), prompt="a red circle on a blue background", **common), cache, update)
+    inversion = run_invert(backend, InvertRequest(image=_b64(render(circle, size)), prompt=circle.caption, **common), cache, update)
     bar.close()
     inversion.input.save(out / "inversion_input.png")
     inversion.reconstruction.save(out / "inversion_reconstruction.png")
