@@ -241,13 +241,7 @@ def build_tab():
                         width, height = _size_row()
                         go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
                     with gr.Column():
-                        gr.HTML("<div id='smooth_diffusion_interpolate_progress'></div>")
-                        gallery = gr.Gallery(label="Frames", elem_id="smooth_diffusion_gallery", columns=6)
-                        animation = gr.Image(label="Animation", type="filepath", elem_id="smooth_diffusion_animation")
-                        info = gr.Textbox(label="Parameters", lines=3, elem_id="smooth_diffusion_infotext")
-                        with gr.Row():
-                            _send_buttons(gallery, info)
-                        log = gr.HTML(elem_id="smooth_diffusion_interpolate_log")
+                        gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 6, with_animation=True)
                 go.click(fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
                          inputs=[task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, negative, seed_a, seed_b, frames, steps, guidance,
                                  inversion_guidance, inversion, width, height],
@@ -269,12 +263,7 @@ def build_tab():
                         width_inv, height_inv = _size_row()
                         go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
                     with gr.Column():
-                        gr.HTML("<div id='smooth_diffusion_invert_progress'></div>")
-                        results = gr.Gallery(label="Input · reconstruction · edit", elem_id="smooth_diffusion_inversion_gallery", columns=3)
-                        info_inv = gr.Textbox(label="Parameters", lines=3)
-                        with gr.Row():
-                            _send_buttons(results, info_inv)
-                        report = gr.HTML(elem_id="smooth_diffusion_invert_log")
+                        results, _, info_inv, report = _results_column("invert", "Input · reconstruction · edit", "smooth_diffusion_inversion_gallery", 3)
                 go_inv.click(fn=wrap_gradio_gpu_call(invert_or_edit, extra_outputs=[None, ""]),
                              inputs=[task_id, lora, weight, image, source, target, negative_inv, switch, steps_inv, guidance_inv, inversion_guidance_inv,
                                      mode, width_inv, height_inv],
@@ -309,6 +298,20 @@ def _lora_choices_refreshed() -> List[str]:
         return [NONE] + refresh()
     except Exception:
         return [NONE]
+
+
+def _results_column(job: str, label: str, gallery_id: str, columns: int, with_animation: bool = False):
+    """Progress anchor, gallery (and animation), parameters with send-to buttons, and a log line."""
+    import gradio as gr
+
+    gr.HTML(f"<div id='smooth_diffusion_{job}_progress'></div>")
+    gallery = gr.Gallery(label=label, elem_id=gallery_id, columns=columns)
+    animation = gr.Image(label="Animation", type="filepath", elem_id=f"smooth_diffusion_{job}_animation") if with_animation else None
+    info = gr.Textbox(label="Parameters", lines=3, elem_id=f"smooth_diffusion_{job}_infotext")
+    with gr.Row():
+        _send_buttons(gallery, info)
+    log = gr.HTML(elem_id=f"smooth_diffusion_{job}_log")
+    return gallery, animation, info, log
 
 
 def _send_buttons(gallery, text):
