@@ -74,8 +74,8 @@ class LoraNetwork:
         if any(re.match(r"lora_unet_(input|middle|output)_block", name) for name in self.layers):
             return "sdxl"
         for name, layer in self.layers.items():
-            if name.endswith("attn2_to_k"):
-                return CONTEXT_DIMS.get(layer.down.shape[1])
+            if name.endswith("attn2_to_k") and layer.down.shape[1] in CONTEXT_DIMS:
+                return CONTEXT_DIMS[layer.down.shape[1]]
         version = self.metadata.get("ss_base_model_version", "")
         if version.startswith("sdxl"):
             return "sdxl"

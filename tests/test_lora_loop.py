@@ -1,0 +1,80 @@
+"""The reproduction's minimal LoRA loop (bench/lora_loop.py): placement, export round trip, regularizer log."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from lora_loop import LoraRun, add_lora, settling_step, train_lora  # noqa: E402
+
+from lib_smooth.lora_formats import load_lora, save_kohya  # noqa: E402
+
+
+def _data(backend, count=8):
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(count, 4, 8, 8, generator=generator)
+    contexts = backend.encode_prompts(["a red circle", "a blue square"], 64, 64)
+    return latents, contexts, torch.arange(count) % 2
+
+
+def test_lora_sits_on_q_k_v_out_of_every_attention_layer(sd1):
+    import copy
+
+    unet = copy.deepcopy(sd1.unet_model)
+    attention_layers = sum(1 for name, _ in unet.named_modules() if name.endswith(("attn1", "attn2")))
+    layers = add_lora(unet, rank=4)
+    assert attention_layers > 0 and len(layers) == 4 * attention_layers
+    assert {path.rsplit(".", 1)[-1] for path in layers} == {"to_q", "to_k", "to_v", "0"}
+    # up starts at zero: the wrapped model computes exactly what the base model does
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    context = sd1.encode_prompts(["a", "b"], 64, 64)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, encoder_hidden_states=context).sample, sd1.unet_model(x, t, encoder_hidden_states=context).sample)
+
+
+def test_trained_lora_file_reproduces_the_trained_model(sd1, tmp_path):
+    """The kohya file, loaded and merged as a user would, gives the outputs of the model it was trained as."""
+    run = LoraRun(weight=1.0, rank=4, seed=0, steps=3, batch=4, learning_rate=1e-2)
+    network, log = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run)
+    assert all(layer.up.abs().sum() > 0 for layer in network.layers.values())
+    path = save_kohya(network, tmp_path / "smooth.safetensors")
+    loaded = load_lora(path)
+    assert loaded.metadata["smooth_weight"] == "1.0" and loaded.arch == "sd1"
+
+    import copy
+
+    trained = copy.deepcopy(sd1.unet_model)
+    for path_name, layer in add_lora(trained, 4).items():
+        name = "lora_unet_" + path_name.replace(".", "_")
+        layer.down.data, layer.up.data = network.layers[name].down, network.layers[name].up
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    context = sd1.encode_prompts(["a red circle", "a blue square"], 64, 64)
+    with torch.no_grad():
+        expected = trained(x, t, encoder_hidden_states=context).sample
+    sd1.apply_lora(loaded)
+    try:
+        merged = sd1.unet(x, t, context)
+    finally:
+        sd1.remove_lora()
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_log_records_the_target_a_for_smooth_runs_and_the_variation_for_plain_ones(sd1):
+    smooth_log = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), LoraRun(1.0, rank=2, steps=3, batch=2), log_every=1)[1]
+    assert [entry["step"] for entry in smooth_log] == [0, 1, 2]
+    # a starts at 0 and moves by decay·(mean r − a) per step: after the first step a = 0.01·r̄₀
+    assert smooth_log[0]["target_a"] == pytest.approx(0.01 * smooth_log[0]["variation_mean"])
+    plain_log = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), LoraRun(0.0, rank=2, steps=4, batch=2), log_every=2)[1]
+    assert [(e["step"], "variation_mean" in e, "target_a" in e) for e in plain_log] == [(0, True, False), (2, True, False), (3, False, False)]
+
+
+def test_settling_step_is_where_the_value_stays_within_tolerance_of_its_end():
+    trajectory = [{"step": s, "target_a": a} for s, a in [(0, 0.0), (10, 0.5), (20, 0.97), (30, 1.2), (40, 0.98), (50, 1.0)]]
+    assert settling_step(trajectory) == 40  # 0.97 is within 5% but 1.2 leaves the band again
+    assert settling_step(trajectory, tolerance=0.25) == 20
+    assert settling_step([{"step": 0, "loss": 1.0}]) is None
