@@ -107,6 +107,16 @@ def test_ckpt_and_config_dir(saved, tmp_path):
     assert loaded.identity == original.identity
 
 
+def test_text_encoder_named_relative_to_the_webui_root(saved, tmp_path):
+    """A yaml may name its text-encoder folder relative to the WebUI's root (where the WebUI resolves it):
+    the file still loads from <root>/models/Stable-diffusion, wherever the working directory is."""
+    original, _ = saved["sd1"]
+    folder = tmp_path / "webui" / "models" / "Stable-diffusion"
+    path = save_single_file(original, folder / "m.safetensors", folder / "m-clip", named_as="models/Stable-diffusion/m-clip")
+    assert "version: models/Stable-diffusion/m-clip/text_encoder" in path.with_suffix(".yaml").read_text()
+    assert_same_outputs(original, load_model(path))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ModelFilesError, match="missing .*nothing.safetensors"):
         single_file.load_single_file(tmp_path / "nothing.safetensors")

@@ -345,17 +345,19 @@ def _sgm_yaml(backend: DiffusersBackend, versions: list[Optional[Path]]) -> dict
     return {"model": {"target": "sgm.models.diffusion.DiffusionEngine", "params": params}}
 
 
-def ldm_config_yaml(backend: DiffusersBackend, text_encoder_dir: str | Path | None = None) -> str:
+def ldm_config_yaml(backend: DiffusersBackend, text_encoder_dir: str | Path | None = None, named_as: Optional[str] = None) -> str:
     """The same-stem ``.yaml`` the WebUI reads to build this architecture (sizes of the actual model).
 
     text_encoder_dir: a folder holding, per text encoder, a ``text_encoder[_2]`` subfolder with the
     transformers CLIP config and tokenizer (see :func:`write_text_encoder_folders`); the yaml names it
     as the encoder's ``version`` so non-standard (e.g. tiny) encoders can be rebuilt. Without it the
-    standard releases are named (openai/clip-vit-large-patch14, laion2b OpenCLIP).
+    standard releases are named (openai/clip-vit-large-patch14, laion2b OpenCLIP). `named_as` replaces
+    the folder's absolute path in the yaml, e.g. with a path relative to the WebUI's root.
     """
     import yaml
 
-    versions = [Path(text_encoder_dir).resolve() / name if text_encoder_dir else None for name in TEXT_ENCODER_FOLDERS]
+    root = Path(named_as) if named_as else Path(text_encoder_dir).resolve() if text_encoder_dir else None
+    versions = [root / name if root else None for name in TEXT_ENCODER_FOLDERS]
     config = _sgm_yaml(backend, versions) if backend.arch == "sdxl" else _ldm_yaml(backend, versions)
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
 
@@ -376,12 +378,14 @@ def write_text_encoder_folders(backend: DiffusersBackend, folder: str | Path) ->
     return written
 
 
-def save_single_file(backend: DiffusersBackend, path: str | Path, tokenizer_and_config_dir: str | Path | None = None) -> Path:
+def save_single_file(backend: DiffusersBackend, path: str | Path, tokenizer_and_config_dir: str | Path | None = None,
+                     named_as: Optional[str] = None) -> Path:
     """Write `backend` as a WebUI-style single-file checkpoint: `path` (.safetensors) and the same-stem .yaml.
 
     tokenizer_and_config_dir: where to write the text encoders' config + tokenizer folders that the yaml
     names. Needed for text encoders that are not the standard size (e.g. the tiny models): without it the
-    yaml names the standard releases and the file loads back only with ``config_dir``.
+    yaml names the standard releases and the file loads back only with ``config_dir``. `named_as`: how
+    the yaml names that folder (default: its absolute path; see :func:`ldm_config_yaml`).
     """
     from safetensors.torch import save_file
 
@@ -392,5 +396,5 @@ def save_single_file(backend: DiffusersBackend, path: str | Path, tokenizer_and_
     if tokenizer_and_config_dir is not None:
         write_text_encoder_folders(backend, tokenizer_and_config_dir)
     save_file(diffusers_to_ldm_state_dict(backend), str(path), metadata={"format": "pt"})
-    path.with_suffix(".yaml").write_text(ldm_config_yaml(backend, tokenizer_and_config_dir))
+    path.with_suffix(".yaml").write_text(ldm_config_yaml(backend, tokenizer_and_config_dir, named_as))
     return path

@@ -188,7 +188,9 @@ def _text_encoder_from_version(version: Optional[str], yaml_path: Path, family: 
 
     if version:
         given = Path(version).expanduser()
-        for folder in ([given] if given.is_absolute() else [yaml_path.parent / given, given]):
+        # A relative version resolves against the yaml's folder or one above it (the WebUI resolves it
+        # against its root, two levels above models/Stable-diffusion), else the working directory.
+        for folder in ([given] if given.is_absolute() else [*(parent / given for parent in yaml_path.resolve().parents), given]):
             if (folder / "config.json").is_file():
                 return _text_config(folder), _tokenizer_folder(folder)
         if given.is_absolute() or version.startswith(("./", "../", "~")):
