@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     demo.add_argument("--steps", type=int, default=25, help="DDIM steps (default: 25)")
     demo.add_argument("--frames", type=int, default=16, help="frames per interpolation (default: 16)")
+    demo.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: 5, where the built-in model draws its prompts best)")
     demo.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64, the built-in model's size)")
     demo.add_argument("--lora", help="Smooth-LoRA file to apply")
     demo.add_argument("--lora-weight", type=float, default=1.0, help="LoRA multiplier (default: 1)")
@@ -130,8 +131,8 @@ def load_backend(args: argparse.Namespace):
 
     backend, description = open_model(args.model, args.device, args.dtype, args.prediction, args.model_config)
     if not args.model:
-        print(f"note: no --model given: using the {description}", file=sys.stderr)
-    return backend
+        print(f"note: no --model given: using {description}", file=sys.stderr)
+    return backend, description
 
 
 def _request_from_args(cls: type, args: argparse.Namespace):
@@ -143,7 +144,7 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     from .jobs import run_interpolate, run_invert, run_istd
 
     request = _request_from_args(JOBS[name], args)
-    backend = load_backend(args)
+    backend, _ = load_backend(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar, update = progress_bar(name)

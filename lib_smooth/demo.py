@@ -10,7 +10,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from .backends import TINY_MODEL
 from .cache import InversionCache
 from .export import write_animation, write_json, write_pngs
 from .images import png_bytes
@@ -29,29 +28,25 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    backend = load_backend(args)
-    built_in = not args.model
-    size, common = args.size, dict(steps=args.steps, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
+    backend, description = load_backend(args)
+    size, common = args.size, dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
     circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
     square = ShapeSpec("square", "green", "yellow", "large", "in the centre")
     cache = InversionCache()
     jobs = {
         "seeds": InterpolateRequest(prompt_a=circle.caption, seed_a=1, seed_b=2, frames=args.frames, **common),
         "prompts": InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, seed_a=3, seed_b=3, frames=args.frames, **common),
-        "images": InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, image_a=_b64(render(circle, size)),
-                                     image_b=_b64(render(square, size)), frames=args.frames, **common),
     }
-    report: dict = {"model": TINY_MODEL if built_in else args.model, "model_hash": backend.identity, "interpolations": {}}
+    report: dict = {"model": description, "model_hash": backend.identity, "interpolations": {}}
+    results = {}
     for name, request in jobs.items():
-        bar, update = progress_bar(f"interpolation ({name})")
-        start = time.perf_counter()
-        result = run_interpolate(backend, request, cache, update)
-        bar.close()
-        files = write_animation(result.frames, out / f"interpolation_{name}", ("gif",))
-        write_pngs(result.frames, out / f"frames_{name}")
-        report["interpolations"][name] = {"seconds": round(time.perf_counter() - start, 2), "gif": Path(files["gif"]).name,
-                                          "smoothness": smoothness(result.frames).as_dict(), "sidecar": result.sidecar}
+        results[name] = _interpolation(backend, name, request, cache, out, report)
+    # Between two generated images, through inversion: the red circle of seed 1 and the green square of seed 3.
+    generated = InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, image_a=_b64(results["seeds"].frames[0]),
+                                   image_b=_b64(results["prompts"].frames[-1]), frames=args.frames, **common)
+    _interpolation(backend, "images", generated, cache, out, report)
     bar, update = progress_bar("inversion + reconstruction")
+    # A rendered training-style image (not a generated one): inversion of a real input, as in the paper's Table 2.
     inversion = run_invert(backend, InvertRequest(image=_b64(render(circle, size)), prompt=circle.caption, **common), cache, update)
     bar.close()
     inversion.input.save(out / "inversion_input.png")
@@ -69,6 +64,20 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(f"inversion: PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.3f}  MSE {metrics['mse']:.4f}")
     print(f"wrote {out / 'report.json'} and {out / 'index.html'}")
     return report
+
+
+def _interpolation(backend, name: str, request: InterpolateRequest, cache: InversionCache, out: Path, report: dict):
+    from .cli import progress_bar
+
+    bar, update = progress_bar(f"interpolation ({name})")
+    start = time.perf_counter()
+    result = run_interpolate(backend, request, cache, update)
+    bar.close()
+    files = write_animation(result.frames, out / f"interpolation_{name}", ("gif",))
+    write_pngs(result.frames, out / f"frames_{name}")
+    report["interpolations"][name] = {"seconds": round(time.perf_counter() - start, 2), "gif": Path(files["gif"]).name,
+                                      "smoothness": smoothness(result.frames).as_dict(), "sidecar": result.sidecar}
+    return result
 
 
 def _index_html(report: dict) -> str:

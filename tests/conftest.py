@@ -52,3 +52,11 @@ class CountingBackend:
         self.calls += 1
         self.samples += x.shape[0]
         return self.inner.unet(x, t, cond)
+
+
+@pytest.fixture(scope="session")
+def shapes_model():
+    """The embedded, trained shapes-sd1 model (lib_smooth/models/shapes-sd1)."""
+    from lib_smooth.backends import open_model
+
+    return open_model()[0]

@@ -282,6 +282,49 @@ def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
             checkpoint.with_suffix(suffix).unlink(missing_ok=True)
 
 
+def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
+    """The committed shapes-sd1 single file, copied into models/Stable-diffusion as the README says, loads
+    in the WebUI, and the WebUI's own DDIM sampler draws the image lib_smooth draws for the same prompt
+    and seed (same noise, same timestep grid, same guidance): one model, two hosts."""
+    import shutil
+
+    from lib_smooth import shapes
+    from lib_smooth.backends import open_model
+    from lib_smooth.ddim import guided_eps, sample
+    from lib_smooth.images import tensor_to_pils
+    from lib_smooth.interpolate import seed_noise
+    from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
+
+    root, _ = installed
+    target = Path(WEBUI) / "models" / "Stable-diffusion"
+    clip = target / Path(WEBUI_TEXT_ENCODER_DIR).name
+    copied = [shutil.copy(CHECKPOINT, target), shutil.copy(CHECKPOINT.with_suffix(".yaml"), target)]
+    shutil.copytree(CHECKPOINT.parent / clip.name, clip, dirs_exist_ok=True)
+    spec = shapes.ShapeSpec("circle", "red", "blue", "large", "in the centre")
+    backend = open_model()[0]
+    cond, uncond = backend.encode_prompts([spec.caption], 64, 64), backend.encode_prompts([""], 64, 64)
+    expected = tensor_to_pils(backend.decode_latents(sample(guided_eps(backend, cond, uncond, 5.0), seed_noise(3, (1, 4, 8, 8)), backend.alphas_cumprod, 25)))[0]
+    try:
+        process, base = launch(root, target / CHECKPOINT.name)
+        webui = {"base": base}
+        try:
+            status, body = call(webui, "/sdapi/v1/txt2img", {"prompt": spec.caption, "width": 64, "height": 64, "steps": 25,
+                                                             "sampler_name": "DDIM", "cfg_scale": 5, "seed": 3})
+            assert status == 200, body
+            drawn_by_webui = image(body["images"][0]).astype(np.float64)
+            assert np.abs(drawn_by_webui - np.asarray(expected, dtype=np.float64)).mean() < 2.0  # of 255
+            status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": spec.caption, "seed_a": 3, "seed_b": 4, "frames": 3,
+                                                                           "steps": 25, "guidance": 5, "width": 64, "height": 64})
+            assert status == 200, body
+            assert np.abs(image(body["frames"][0]).astype(np.float64) - drawn_by_webui).mean() < 2.0
+        finally:
+            stop(process)
+    finally:
+        for path in copied:
+            Path(path).unlink(missing_ok=True)
+        shutil.rmtree(clip, ignore_errors=True)
+
+
 def test_interrupt_stops_a_job_within_a_step(webui):
     import threading
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-TINY_MODEL = "tiny random-weight SD1 model built on the spot (lib_smooth.backends.tiny): abstract images, it shows the pipeline, not quality"
-
 
 def open_model(path: Optional[str] = None, device: str = "cpu", dtype: str = "float32", prediction: Optional[str] = None,
                config_dir: Optional[str] = None):
-    """The model at `path` (diffusers folder or single file), or the tiny random SD1 model when no path is
-    given; returns (backend, a description for reports)."""
+    """The model at `path` (diffusers folder or single file), or the embedded shapes-sd1 model when no
+    path is given; returns (backend, a description for reports)."""
     import torch
 
+    from .diffusers_backend import load_model
+
     if path:
-        from .diffusers_backend import load_model
-
         return load_model(path, device=device, dtype=getattr(torch, dtype), prediction=prediction, config_dir=config_dir), str(path)
-    from .tiny import build_tiny_backend
+    from .shapes_model import DESCRIPTION, DIFFUSERS_DIR
 
-    return build_tiny_backend("sd1"), TINY_MODEL
+    return load_model(DIFFUSERS_DIR, device=device, dtype=getattr(torch, dtype)), DESCRIPTION

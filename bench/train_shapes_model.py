@@ -1,0 +1,295 @@
+"""Train the embedded shapes-sd1 model (lib_smooth.backends.shapes_model) from scratch on a 2-core CPU.
+
+    python bench/train_shapes_model.py --out /tmp/shapes-train [--install]
+
+The stages, each the textbook recipe at small scale:
+1. VAE: L1 + MSE + an L1 on image differences (edges) plus a tiny KL term (SD's VAE used 1e-6 with
+   perceptual and GAN terms we leave out), mostly on random 32 px crops (the VAE is convolutional,
+   crops cost a quarter), then on whole 64 px images. The latent scale factor makes the training
+   latents unit-variance, which is how SD's 0.18215 was chosen.
+2. Decoder alone (--decoder-steps), encoder frozen, on whole images: sharper edges without moving the
+   latents, so it can also run after the UNet.
+3. Text encoder + UNet, trained together (there is no pretrained CLIP here) on ε-prediction MSE with
+   uniform timesteps on SD's scaled-linear schedule; captions are dropped 10% of the time so
+   classifier-free guidance works.
+4. Check: DDIM samples for held-out prompts, read back by the shapes detector.
+
+Stages can be resumed from an earlier run's output (--resume-vae, --resume-denoiser). --install writes
+the fp16 weights into lib_smooth/models (diffusers folder and WebUI single file); the shipped model's
+own sequence of runs is recorded in lib_smooth/models/shapes-sd1/training_report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth import shapes  # noqa: E402
+from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer  # noqa: E402
+from lib_smooth.backends.diffusers_backend import DiffusersBackend, _alphas_cumprod  # noqa: E402
+from lib_smooth.backends.shapes_model import DESCRIPTION, DIFFUSERS_DIR, IMAGE_SIZE, TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG  # noqa: E402
+from lib_smooth.backends.tiny import SCHEDULER  # noqa: E402
+
+CAPTION_DROPOUT = 0.1
+
+
+def render_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    images, captions = [], []
+    for image, spec in tqdm(shapes.samples(count, seed, IMAGE_SIZE), total=count, desc="rendering"):
+        images.append(np.asarray(image))
+        captions.append(spec.caption)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float() / 127.5 - 1
+
+
+def cosine_lr(step: int, steps: int, warmup: int, floor: float = 0.0) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the images' horizontal and vertical differences: blurred edges cost more than under L1 alone."""
+    return ((a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean())
+
+
+def init_posterior(vae: torch.nn.Module) -> None:
+    """Start the posterior's log-variance at −8 (σ ≈ 0.02): from the default σ ≈ 1 the decoder sees mostly
+    sampling noise until the encoder has grown its means, which takes thousands of steps."""
+    with torch.no_grad():
+        vae.quant_conv.weight[4:] = 0
+        vae.quant_conv.bias[4:] = -8
+
+
+def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int, lr: float, log: list,
+              vae: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Train a new VAE, or go on training `vae`."""
+    from diffusers import AutoencoderKL
+
+    if vae is not None:
+        vae.train()
+    else:
+        vae = AutoencoderKL(**VAE_CONFIG)
+        init_posterior(vae)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, 50, floor=0.1))
+    crop = IMAGE_SIZE // 2
+    bar = tqdm(range(steps), desc="VAE")
+    for step in bar:
+        full = step >= steps - full_size_steps
+        x = to_unit(images[torch.randint(len(images), (batch // 2 if full else batch,))])  # whole images cost 4×
+        if not full:
+            top, left = torch.randint(IMAGE_SIZE - crop + 1, (2,)).tolist()
+            x = x[:, :, top : top + crop, left : left + crop]
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        l1, mse = (reconstruction - x).abs().mean(), (reconstruction - x).pow(2).mean()
+        loss = l1 + mse + edge_l1(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix(l1=f"{l1.item():.4f}", mse=f"{mse.item():.5f}")
+            log.append({"stage": "vae", "step": step, "l1": l1.item(), "mse": mse.item()})
+    return vae.eval()
+
+
+def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, batch: int, lr: float, log: list) -> torch.nn.Module:
+    """Sharpen the decoder with the encoder frozen, on whole images: the latents do not change, so a UNet
+    trained on them stays valid. `latents` are the posterior means (unscaled)."""
+    vae.train()
+    parameters = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, 50, floor=0.1))
+    bar = tqdm(range(steps), desc="VAE decoder")
+    for step in bar:
+        index = torch.randint(len(images), (batch,))
+        x = to_unit(images[index])
+        reconstruction = vae.decode(latents[index]).sample
+        l1, mse = (reconstruction - x).abs().mean(), (reconstruction - x).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        (l1 + mse + edge_l1(reconstruction, x)).backward()
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix(l1=f"{l1.item():.4f}", mse=f"{mse.item():.5f}")
+            log.append({"stage": "decoder", "step": step, "l1": l1.item(), "mse": mse.item()})
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    means = [vae.encode(to_unit(images[i : i + batch])).latent_dist.mode() for i in range(0, len(images), batch)]
+    return torch.cat(means)
+
+
+def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int, lr: float, log: list):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, 100))
+    alphas_cumprod = _alphas_cumprod(SCHEDULER)
+    bar = tqdm(range(steps), desc="text encoder + UNet")
+    running = None
+    for step in bar:
+        index = torch.randint(len(latents), (batch,))
+        x0, ids = latents[index], token_ids[index].clone()
+        ids[torch.rand(batch) < CAPTION_DROPOUT] = empty_ids
+        t = torch.randint(len(alphas_cumprod), (batch,))
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noise = torch.randn_like(x0)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = (prediction - noise).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{running:.4f}")
+            log.append({"stage": "denoiser", "step": step, "loss_ema": running})
+    return unet.eval(), text_encoder.eval()
+
+
+def check_samples(backend: DiffusersBackend, count: int, guidance: float, steps: int, seed: int = 1) -> dict:
+    """Detector accuracy on samples for `count` prompts drawn with another data seed (held-out draws)."""
+    from lib_smooth.ddim import guided_eps, sample
+    from lib_smooth.images import tensor_to_pils
+    from lib_smooth.interpolate import seed_noise
+
+    specs = [shapes.spec_for(i, seed) for i in range(count)]
+    uncond = backend.encode_prompts([""], IMAGE_SIZE, IMAGE_SIZE)
+    images = []
+    for start in range(0, count, 64):
+        chunk = specs[start : start + 64]
+        cond = backend.encode_prompts([s.caption for s in chunk], IMAGE_SIZE, IMAGE_SIZE)
+        noise = torch.cat([seed_noise(start + i, (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)) for i in range(len(chunk))])
+        latents = sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)
+        images += tensor_to_pils(backend.decode_latents(latents))
+    return {"guidance": guidance, "steps": steps, **shapes.accuracy(images, specs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="working folder: log, checkpoints, fp16 model")
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=950)
+    parser.add_argument("--vae-full-size-steps", type=int, default=150)
+    parser.add_argument("--resume-vae", help="a VAE folder written by an earlier run, to train further instead of from scratch")
+    parser.add_argument("--decoder-steps", type=int, default=0, help="then train the VAE decoder alone (latents unchanged)")
+    parser.add_argument("--unet-steps", type=int, default=2400)
+    parser.add_argument("--resume-denoiser", help="a diffusers folder written by an earlier run: take its text encoder and UNet instead of training")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--install", action="store_true", help="write the result into lib_smooth/models")
+    parser.add_argument("--install-only", action="store_true", help="install the model already trained in --out")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.install_only:
+        return install(out / "shapes-sd1")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    log: list = []
+    timings = {}
+
+    start = time.perf_counter()
+    images, captions = render_dataset(args.images, args.data_seed)
+    timings["data_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    vae = None
+    if args.resume_vae:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.resume_vae, local_files_only=True)
+    if args.vae_steps:
+        vae = train_vae(images, args.vae_steps, args.vae_full_size_steps, 16, 1e-3, log, vae)
+    needs_latents = args.vae_steps or args.decoder_steps or not args.resume_denoiser
+    latents = encode_all(vae, images) if needs_latents else None
+    if args.vae_steps:
+        vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    if args.decoder_steps:
+        vae = train_decoder(vae, latents, images, args.decoder_steps, 16, 5e-4, log)
+    vae.save_pretrained(out / "vae")
+    timings["vae_s"] = time.perf_counter() - start
+    if not args.unet_steps and not args.resume_denoiser:
+        return print(f"VAE written to {out / 'vae'}")
+
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out / "tokenizer"), local_files_only=True)
+    tokenize = lambda texts: tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids  # noqa: E731
+    start = time.perf_counter()
+    if args.resume_denoiser:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(args.resume_denoiser) / "unet", local_files_only=True).float().eval()
+        text_encoder = CLIPTextModel.from_pretrained(Path(args.resume_denoiser) / "text_encoder", local_files_only=True).float().eval()
+    else:
+        unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch, 1e-3, log)
+    timings["denoiser_s"] = time.perf_counter() - start
+
+    from lib_smooth.backends.tiny import save_diffusers_folder
+
+    # DiffusersBackend casts the modules in place: save in fp16, then evaluate in fp32 as users run it.
+    half = DiffusersBackend(unet, vae, [text_encoder], [tokenizer], _alphas_cumprod(SCHEDULER), "eps", "sd1", dtype=torch.float16)
+    save_diffusers_folder(half, out / "shapes-sd1")
+    backend = DiffusersBackend(unet.float(), vae.float(), [text_encoder.float()], [tokenizer], _alphas_cumprod(SCHEDULER), "eps", "sd1")
+    checks = [check_samples(backend, 256, guidance, 25) for guidance in (3.0, 5.0, 7.5)]
+    report = {"model": DESCRIPTION, "args": vars(args), "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "total_training_minutes": round(sum(timings.values()) / 60, 1), "detector": checks,
+              "torch_threads": torch.get_num_threads(), "log": log}
+    (out / "training_report.json").write_text(json.dumps(report, indent=1))
+    for check in checks:
+        print(f"guidance {check['guidance']}: colour {check['colour']:.1%} shape {check['shape']:.1%} both {check['both']:.1%}")
+    if args.install:
+        install(out / "shapes-sd1")
+
+
+def install(folder: Path) -> None:
+    """Copy the trained fp16 diffusers folder into lib_smooth/models and write the WebUI single file beside it.
+
+    tokenizer.json is left out: vocab.json + merges.txt describe the same tokenizer in a third of the space.
+    """
+    import shutil
+
+    from lib_smooth.backends.diffusers_backend import load_diffusers_folder
+    from lib_smooth.backends.ldm_layout import save_single_file
+    from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
+
+    shutil.rmtree(DIFFUSERS_DIR, ignore_errors=True)
+    shutil.copytree(folder, DIFFUSERS_DIR, ignore=shutil.ignore_patterns("tokenizer.json"))
+    report = json.loads((folder.parent / "training_report.json").read_text())
+    (DIFFUSERS_DIR / "training_report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=1))
+    clip_folder = CHECKPOINT.parent / Path(WEBUI_TEXT_ENCODER_DIR).name
+    shutil.rmtree(clip_folder, ignore_errors=True)
+    save_single_file(load_diffusers_folder(DIFFUSERS_DIR, dtype=torch.float16), CHECKPOINT, clip_folder, named_as=WEBUI_TEXT_ENCODER_DIR)
+    for leftover in clip_folder.rglob("tokenizer.json"):
+        leftover.unlink()
+    print(f"installed {DIFFUSERS_DIR} and {CHECKPOINT}")
+
+
+if __name__ == "__main__":
+    main()
