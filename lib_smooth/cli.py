@@ -56,7 +56,7 @@ def _add_request_options(parser: argparse.ArgumentParser, cls: type) -> None:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", help="diffusers folder or single-file .safetensors/.ckpt checkpoint (SD1.x, SD2.x, SDXL). "
-                       "Default: a tiny random-weight SD1-architecture model built on the spot (shows the pipeline, not real images)")
+                       "Default: the embedded shapes-sd1 model (64 px coloured shapes, lib_smooth/models)")
     group.add_argument("--prediction", choices=("eps", "v"), help="override the model's prediction type (SD2 768-v checkpoints: v)")
     group.add_argument("--model-config", help="local diffusers config folder for a single-file checkpoint (offline)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")

@@ -30,9 +30,9 @@ def test_demo_writes_gifs_pngs_report_and_index(tmp_path, capsys):
         assert (out / item["gif"]).is_file() and item["smoothness"]["istd"] >= 0
     assert len(list((out / "frames_seeds").glob("*.png"))) == 4
     assert (out / "inversion_reconstruction.png").is_file() and "psnr" in report["inversion"]["metrics"]
-    assert "tiny random-weight" in report["model"] and (out / "index.html").read_text().count("<figure>") == 4
+    assert "shapes-sd1" in report["model"] and (out / "index.html").read_text().count("<figure>") == 4
     captured = capsys.readouterr()
-    assert "tiny random-weight" in captured.err and "report.json" in captured.out
+    assert "shapes-sd1" in captured.err and "report.json" in captured.out
 
 
 def test_interpolate_and_istd_commands(tmp_path, capsys):

@@ -1,0 +1,301 @@
+"""Small-scale reproduction of Smooth Diffusion's Tables 1–4 on the embedded shapes-sd1 model.
+
+    python bench/reproduce_smoothness.py [--work /tmp/smoothness] [--quick]
+
+Fine-tunes LoRAs on the model's own training data (lib_smooth.shapes) with bench/lora_loop.py:
+λ = 0 (plain LoRA), 0.1, 1 (Smooth-LoRA), 10 at rank 8, and ranks 4 and 16 at λ = 1, each with
+several seeds; then measures every LoRA (and the base model) the way the paper does, at our scale:
+
+- smoothness (Table 1/3/4 "ISTD"): 11-point slerp between two noises, 100 noise pairs (10 held-out
+  prompts × 10 pairs), DDIM, CFG; ISTD plus its scale-free companions (lib_smooth.metrics);
+- DDIM inversion + reconstruction (Table 2): MSE / PSNR / SSIM on held-out images;
+- sample quality (in place of FID / CLIP score): the shapes detector's accuracy on samples for
+  held-out prompts and a Fréchet distance between detector features of samples and of real images.
+
+Finished runs are kept in --work, so an interrupted reproduction resumes. Writes
+bench/results/smoothness.json and the plots in bench/results/ (matplotlib, `pip install matplotlib`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth import shapes  # noqa: E402
+from lib_smooth.backends import open_model  # noqa: E402
+from lib_smooth.ddim import guided_eps, sample  # noqa: E402
+from lib_smooth.evaluate import evaluate_istd  # noqa: E402
+from lib_smooth.images import tensor_to_pils  # noqa: E402
+from lib_smooth.interpolate import seed_noise  # noqa: E402
+from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
+from lib_smooth.lora_formats import load_lora, save_kohya  # noqa: E402
+from lib_smooth.metrics import reconstruction_metrics  # noqa: E402
+
+from lora_loop import LoraRun, settling_step, train_lora  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZE = 64
+HELD_OUT_SEED = 1  # data seed of the prompts and images used for measuring; training uses seed 0
+FIGURES = ("istd", "mean_step", "normalized_istd", "max_step_ratio", "path_length", "endpoint_distance")
+
+
+def grid(seeds: List[int], steps: int, batch: int) -> List[LoraRun]:
+    runs = [LoraRun(weight, 8, seed, steps, batch) for weight in (0.0, 0.1, 1.0, 10.0) for seed in seeds]
+    return runs + [LoraRun(1.0, rank, seed, steps, batch) for rank in (4, 16) for seed in seeds]
+
+
+def training_data(backend, count: int):
+    """Latents of `count` training images (data seed 0) and the text-encoder output of each distinct caption."""
+    images, captions = [], []
+    for image, spec in shapes.samples(count, 0, SIZE):
+        images.append(np.asarray(image))
+        captions.append(spec.caption)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    latents = torch.cat([backend.encode_images(pixels[i : i + 256]) for i in range(0, count, 256)])
+    distinct = sorted(set(captions))
+    contexts = torch.cat([backend.encode_prompts(distinct[i : i + 256], SIZE, SIZE) for i in range(0, len(distinct), 256)])
+    caption_of = torch.tensor([distinct.index(c) for c in captions])
+    return latents, contexts, caption_of
+
+
+def quality(backend, count: int, steps: int, guidance: float) -> dict:
+    """Detector accuracy on samples for held-out prompts, and the Fréchet distance to real renders of them."""
+    specs = [shapes.spec_for(i, HELD_OUT_SEED) for i in range(count)]
+    uncond = backend.encode_prompts([""], SIZE, SIZE)
+    images = []
+    for start in range(0, count, 64):
+        chunk = specs[start : start + 64]
+        cond = backend.encode_prompts([s.caption for s in chunk], SIZE, SIZE)
+        noise = torch.cat([seed_noise(10_000 + start + i, (1, 4, SIZE // 8, SIZE // 8)) for i in range(len(chunk))])
+        images += tensor_to_pils(backend.decode_latents(sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)))
+    generated = np.stack([shapes.detect(image).features for image in images])
+    real = np.stack([shapes.detect(shapes.render(spec, SIZE)).features for spec in specs])
+    return {**shapes.accuracy(images, specs), "frechet": shapes.frechet_distance(generated, real)}
+
+
+def inversion(backend, count: int, steps: int) -> dict:
+    """DDIM inversion with the caption, then reconstruction, guidance 1 both ways; mean metrics over `count` images."""
+    rows = []
+    for image, spec in shapes.samples(count, HELD_OUT_SEED, SIZE, start=5000):
+        inverted = invert_image(backend, image, spec.caption, steps, 1.0, width=SIZE, height=SIZE)
+        reconstruction = tensor_to_pils(backend.decode_latents(reconstruct(backend, inverted, guidance=1.0)))[0]
+        rows.append(reconstruction_metrics(image, reconstruction))
+    return {key: float(np.mean([row[key] for row in rows])) for key in ("mse", "psnr", "ssim")}
+
+
+def evaluate(backend, args) -> dict:
+    prompts = [shapes.spec_for(i, HELD_OUT_SEED).caption for i in range(args.prompts)]
+    start = time.perf_counter()
+    report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=args.steps, guidance=args.guidance,
+                           width=SIZE, height=SIZE, batch_size=11)
+    result = {"smoothness": {k: getattr(report.mean, k) for k in FIGURES},
+              "inversion": inversion(backend, args.inversion_images, args.steps),
+              "quality": quality(backend, args.samples, args.steps, args.guidance)}
+    result["evaluation_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) -> dict:
+    """Train and measure one LoRA, or read its finished record; `data()` gives the training data."""
+    record = work / f"{run.name}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    bar = tqdm(total=run.steps, desc=f"train {run.name}", leave=False)
+    start = time.perf_counter()
+    network, log = train_lora(backend.unet_model, backend.alphas_cumprod, *data(), run, on_step=lambda _: bar.update())
+    bar.close()
+    seconds = time.perf_counter() - start
+    path = save_kohya(network, work / f"{run.name}.safetensors", overwrite=True)
+    backend.apply_lora(load_lora(path))
+    try:
+        result = evaluate(backend, args)
+    finally:
+        backend.remove_lora()
+    result.update(run=asdict(run), training_seconds=round(seconds, 1), seconds_per_step=round(seconds / run.steps, 3),
+                  trajectory=log, target_a_settled_at=settling_step(log), lora_file=path.name)
+    record.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def spread(values: List[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def summarise(runs: List[dict], key_of) -> Dict[str, dict]:
+    """Mean and std over seeds of every measured figure, grouped by key_of(run)."""
+    groups: Dict[str, List[dict]] = {}
+    for result in runs:
+        groups.setdefault(key_of(result["run"]), []).append(result)
+    table = {}
+    for key, members in sorted(groups.items(), key=lambda item: float(item[0].split("_")[1])):
+        row = {f: spread([m["smoothness"][f] for m in members]) for f in FIGURES}
+        row.update({f"inversion_{f}": spread([m["inversion"][f] for m in members]) for f in ("mse", "psnr", "ssim")})
+        row.update({f"quality_{f}": spread([m["quality"][f] for m in members]) for f in ("both", "colour", "shape", "frechet")})
+        finals = [m["trajectory"][-1]["target_a"] for m in members if "target_a" in m["trajectory"][-1]]
+        if finals:  # plain LoRAs have no target
+            row["target_a_final"] = spread(finals)
+        row["seeds"] = len(members)
+        table[key] = row
+    return table
+
+
+def versus_plain(table: Dict[str, dict]) -> Dict[str, dict]:
+    """Each λ > 0 against λ = 0: the relative change of every figure's mean, and whether the seeds' ranges
+    are apart (every seed of one below every seed of the other) — with 3 seeds, the most they can show."""
+    plain = table["lambda_0"]
+    out = {}
+    for key, row in table.items():
+        if key == "lambda_0":
+            continue
+        out[key] = {}
+        for figure, values in row.items():
+            if not isinstance(values, dict) or figure not in plain:
+                continue
+            reference = plain[figure]
+            apart = (max(values["values"]) < min(reference["values"]) or min(values["values"]) > max(reference["values"])
+                     if min(len(values["values"]), len(reference["values"])) > 1 else None)
+            out[key][figure] = {"relative_change": values["mean"] / reference["mean"] - 1 if reference["mean"] else float("nan"),
+                                "ranges_apart": apart}
+    return out
+
+
+def markdown_tables(summary: dict) -> str:
+    """The λ and rank tables as markdown, mean ± std over seeds (written to results/smoothness.md)."""
+    def cell(row: dict, figure: str, digits: int) -> str:
+        return f"{row[figure]['mean']:.{digits}f} ± {row[figure]['std']:.{digits}f}"
+
+    columns = [("istd", "ISTD", 3), ("mean_step", "mean step", 3), ("normalized_istd", "normalised ISTD", 4),
+               ("max_step_ratio", "max / mean step", 3), ("endpoint_distance", "endpoint distance", 2),
+               ("inversion_mse", "inversion MSE", 4), ("inversion_psnr", "PSNR dB", 2), ("inversion_ssim", "SSIM", 3),
+               ("quality_both", "detector acc.", 3), ("quality_frechet", "Fréchet", 4)]
+    base = summary["base_model"]
+    base_values = {**base["smoothness"], **{f"inversion_{k}": v for k, v in base["inversion"].items()},
+                   **{f"quality_{k}": v for k, v in base["quality"].items() if k != "count"}}
+    lines = []
+    for title, table in (("λ (rank 8)", summary["table_lambda"]), ("rank (λ = 1)", summary["table_rank"])):
+        lines += [f"| {title} | " + " | ".join(label for _, label, _ in columns) + " |", "| --- |" + " ---: |" * len(columns)]
+        lines.append("| base model, no LoRA | " + " | ".join(f"{base_values[f]:.{d}f}" for f, _, d in columns) + " |")
+        for key, row in table.items():
+            lines.append(f"| {key.replace('lambda_', 'λ = ').replace('rank_', 'rank ')} | " + " | ".join(cell(row, f, d) for f, _, d in columns) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(summary: dict, runs: List[dict]) -> List[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    written = []
+    lambdas = summary["table_lambda"]
+    keys = list(lambdas)
+    x = np.arange(len(keys))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (figure, label) in zip(axes, [("istd", "ISTD (paper's figure)"), ("mean_step", "mean adjacent distance"),
+                                          ("normalized_istd", "normalised ISTD"), ("quality_both", "detector accuracy")]):
+        means = [lambdas[k][figure]["mean"] for k in keys]
+        stds = [lambdas[k][figure]["std"] for k in keys]
+        ax.bar(x, means, yerr=stds, capsize=4, color=["#888", "#9bc", "#37a", "#c63"][: len(keys)])
+        for i, k in enumerate(keys):
+            ax.scatter([i] * len(lambdas[k][figure]["values"]), lambdas[k][figure]["values"], color="k", s=8, zorder=3)
+        ax.set_xticks(x, [k.replace("lambda_", "λ=") for k in keys])
+        ax.set_title(label)
+    fig.suptitle("shapes-sd1, rank-8 LoRA: mean ± std over seeds (dots: single seeds)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "smoothness_lambda.png", dpi=90)
+    written.append("smoothness_lambda.png")
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for result in runs:
+        run = result["run"]
+        if run["rank"] == 8 and run["weight"] > 0:
+            steps = [e["step"] for e in result["trajectory"] if "target_a" in e]
+            ax.plot(steps, [e["target_a"] for e in result["trajectory"] if "target_a" in e],
+                    color={0.1: "#9bc", 1.0: "#37a", 10.0: "#c63"}[run["weight"]], lw=1,
+                    label=f"λ={run['weight']:g}" if run["seed"] == runs[0]["run"]["seed"] else None)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("target a")
+    ax.set_title("the regularizer's moving target a (rank 8, every seed)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "target_a.png", dpi=90)
+    written.append("target_a.png")
+    plt.close("all")
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/smoothness-reproduction", help="LoRA files and per-run results (resumable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=8, help="LoRA training batch (the official run: micro-batches of 3, accumulated to 96)")
+    parser.add_argument("--train-images", type=int, default=5000)
+    parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=10, help="noise pairs per prompt (the paper's protocol: ≥ 100 in all)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper: 50)")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--inversion-images", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--model", default=None, help="another SD1 model folder or file (default: the embedded shapes-sd1)")
+    parser.add_argument("--shard", help="K/N: only every N-th run from the K-th (start N processes with one torch thread each: "
+                                         "faster than one process on a small model); then run once without it")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few pairs (results not written)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.train_steps, args.train_images, args.prompts, args.pairs, args.inversion_images, args.samples = [0], 4, 64, 2, 1, 2, 8
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    backend, description = open_model(args.model)
+    data = functools.lru_cache(maxsize=1)(lambda: training_data(backend, args.train_images))  # only when a run trains
+    base_record = work / "base.json"
+    if not base_record.is_file() and (not args.shard or args.shard.startswith("0/")):
+        base_record.write_text(json.dumps(evaluate(backend, args), indent=1))
+    todo = grid(args.seeds, args.train_steps, args.batch)
+    if args.shard:
+        index, count = map(int, args.shard.split("/"))
+        runs = [run_one(backend, data, run, work, args) for run in tqdm(todo[index::count], desc=f"runs, shard {args.shard}")]
+        return print(f"shard {args.shard} done: {len(runs)} runs in {work}; run again without --shard to write the results")
+    runs = [run_one(backend, data, run, work, args) for run in tqdm(todo, desc="runs")]
+    base = json.loads(base_record.read_text())
+    summary = {
+        "model": description,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, no GPU",
+        "protocol": {k: getattr(args, k) for k in ("prompts", "pairs", "steps", "guidance", "inversion_images", "samples", "train_steps", "batch", "train_images")},
+        "seeds": args.seeds,
+        "base_model": base,
+        "table_lambda": summarise([r for r in runs if r["run"]["rank"] == 8], lambda run: f"lambda_{run['weight']:g}"),
+        "table_rank": summarise([r for r in runs if r["run"]["weight"] == 1.0], lambda run: f"rank_{run['rank']}"),
+    }
+    summary["versus_plain_lora"] = versus_plain(summary["table_lambda"])
+    summary["istd"] = {key: row["istd"]["mean"] for key, row in summary["table_lambda"].items()}
+    summary["normalized_istd"] = {key: row["normalized_istd"]["mean"] for key, row in summary["table_lambda"].items()}
+    summary["target_a_settled_at"] = {LoraRun(**r["run"]).name: r["target_a_settled_at"] for r in runs if r["run"]["weight"] > 0}
+    summary["runs"] = runs
+    if args.quick:
+        print(json.dumps({k: summary[k] for k in ("istd", "normalized_istd")}, indent=1))
+        return
+    summary["plots"] = plots(summary, runs)
+    (RESULTS / "smoothness.json").write_text(json.dumps(summary, indent=1))
+    (RESULTS / "smoothness.md").write_text(markdown_tables(summary))
+    print(f"wrote {RESULTS / 'smoothness.json'}")
+
+
+if __name__ == "__main__":
+    main()
