@@ -240,6 +240,33 @@ def plots(summary: dict, runs: List[dict]) -> List[str]:
     return written
 
 
+def long_target_run(backend, data: Callable[[], tuple], steps: int, batch: int) -> dict:
+    """One λ = 1, rank-8 LoRA trained for `steps` only to record how long the moving target a takes to settle."""
+    start = time.perf_counter()
+    _, log = train_lora(backend.unet_model, backend.alphas_cumprod, *data(), LoraRun(1.0, 8, 0, steps, batch))
+    result = {"run": asdict(LoraRun(1.0, 8, 0, steps, batch)), "seconds": round(time.perf_counter() - start, 1),
+              "settled_at": {f"{int(t * 100)}%": settling_step(log, tolerance=t) for t in (0.01, 0.02, 0.05)}, "trajectory": log}
+    (RESULTS / "target_a_long.json").write_text(json.dumps(result, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        ax.plot([e["step"] for e in log if "target_a" in e], [e["target_a"] for e in log if "target_a" in e], color="#37a", label="target a")
+        ax.plot([e["step"] for e in log if "variation_mean" in e], [e["variation_mean"] for e in log if "variation_mean" in e],
+                color="#bbb", lw=0.8, label="batch mean r")
+        ax.set_xlabel("training step")
+        ax.set_title(f"λ = 1, rank 8, seed 0: the moving target a over {steps} steps")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "target_a_long.png", dpi=90)
+    except ImportError:
+        pass
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/smoothness-reproduction", help="LoRA files and per-run results (resumable)")
@@ -256,6 +283,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="another SD1 model folder or file (default: the embedded shapes-sd1)")
     parser.add_argument("--shard", help="K/N: only every N-th run from the K-th (start N processes with one torch thread each: "
                                          "faster than one process on a small model); then run once without it")
+    parser.add_argument("--target-a-steps", type=int, default=0, help="instead of the grid: one λ = 1 run this long, to see the target a settle")
+    parser.add_argument("--finished-only", action="store_true", help="write the results from the finished runs in --work, listing the missing ones")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few pairs (results not written)")
     args = parser.parse_args()
     if args.quick:
@@ -267,11 +296,17 @@ def main() -> None:
     base_record = work / "base.json"
     if not base_record.is_file() and (not args.shard or args.shard.startswith("0/")):
         base_record.write_text(json.dumps(evaluate(backend, args), indent=1))
+    if args.target_a_steps:
+        result = long_target_run(backend, data, args.target_a_steps, args.batch)
+        return print(f"target a settled (within 1/2/5 %) at steps {result['settled_at']}; wrote {RESULTS / 'target_a_long.json'}")
     todo = grid(args.seeds, args.train_steps, args.batch)
     if args.shard:
         index, count = map(int, args.shard.split("/"))
         runs = [run_one(backend, data, run, work, args) for run in tqdm(todo[index::count], desc=f"runs, shard {args.shard}")]
         return print(f"shard {args.shard} done: {len(runs)} runs in {work}; run again without --shard to write the results")
+    if args.finished_only:
+        missing = [run.name for run in todo if not (work / f"{run.name}.json").is_file()]
+        todo = [run for run in todo if run.name not in missing]
     runs = [run_one(backend, data, run, work, args) for run in tqdm(todo, desc="runs")]
     base = json.loads(base_record.read_text())
     summary = {
@@ -283,6 +318,7 @@ def main() -> None:
         "table_lambda": summarise([r for r in runs if r["run"]["rank"] == 8], lambda run: f"lambda_{run['weight']:g}"),
         "table_rank": summarise([r for r in runs if r["run"]["weight"] == 1.0], lambda run: f"rank_{run['rank']}"),
     }
+    summary["runs_missing"] = missing if args.finished_only else []
     summary["versus_plain_lora"] = versus_plain(summary["table_lambda"])
     summary["istd"] = {key: row["istd"]["mean"] for key, row in summary["table_lambda"].items()}
     summary["normalized_istd"] = {key: row["normalized_istd"]["mean"] for key, row in summary["table_lambda"].items()}
