@@ -36,15 +36,14 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_smooth import shapes  # noqa: E402
 from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.ddim import guided_eps, sample  # noqa: E402
 from lib_smooth.evaluate import evaluate_istd  # noqa: E402
 from lib_smooth.images import tensor_to_pils  # noqa: E402
-from lib_smooth.interpolate import seed_noise  # noqa: E402
 from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
 from lib_smooth.lora_formats import load_lora, save_kohya  # noqa: E402
 from lib_smooth.metrics import reconstruction_metrics  # noqa: E402
 
 from lora_loop import LoraRun, settling_step, train_lora  # noqa: E402
+from train_shapes_model import draw  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 64
@@ -74,13 +73,7 @@ def training_data(backend, count: int):
 def quality(backend, count: int, steps: int, guidance: float) -> dict:
     """Detector accuracy on samples for held-out prompts, and the Fréchet distance to real renders of them."""
     specs = [shapes.spec_for(i, HELD_OUT_SEED) for i in range(count)]
-    uncond = backend.encode_prompts([""], SIZE, SIZE)
-    images = []
-    for start in range(0, count, 64):
-        chunk = specs[start : start + 64]
-        cond = backend.encode_prompts([s.caption for s in chunk], SIZE, SIZE)
-        noise = torch.cat([seed_noise(10_000 + start + i, (1, 4, SIZE // 8, SIZE // 8)) for i in range(len(chunk))])
-        images += tensor_to_pils(backend.decode_latents(sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)))
+    images = draw(backend, specs, guidance, steps, first_seed=10_000)
     generated = np.stack([shapes.detect(image).features for image in images])
     real = np.stack([shapes.detect(shapes.render(spec, SIZE)).features for spec in specs])
     return {**shapes.accuracy(images, specs), "frechet": shapes.frechet_distance(generated, real)}

@@ -74,6 +74,12 @@ def init_posterior(vae: torch.nn.Module) -> None:
         vae.quant_conv.bias[4:] = -8
 
 
+def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L1 + MSE + edge L1, L1, MSE) of a reconstruction against its images."""
+    l1, mse = (reconstruction - x).abs().mean(), (reconstruction - x).pow(2).mean()
+    return l1 + mse + edge_l1(reconstruction, x), l1, mse
+
+
 def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int, lr: float, log: list,
               vae: torch.nn.Module | None = None) -> torch.nn.Module:
     """Train a new VAE, or go on training `vae`."""
@@ -96,8 +102,8 @@ def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int
             x = x[:, :, top : top + crop, left : left + crop]
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
-        l1, mse = (reconstruction - x).abs().mean(), (reconstruction - x).pow(2).mean()
-        loss = l1 + mse + edge_l1(reconstruction, x) + 1e-6 * posterior.kl().mean()
+        loss, l1, mse = reconstruction_loss(reconstruction, x)
+        loss = loss + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -120,9 +126,9 @@ def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Ten
         index = torch.randint(len(images), (batch,))
         x = to_unit(images[index])
         reconstruction = vae.decode(latents[index]).sample
-        l1, mse = (reconstruction - x).abs().mean(), (reconstruction - x).pow(2).mean()
+        loss, l1, mse = reconstruction_loss(reconstruction, x)
         optimizer.zero_grad(set_to_none=True)
-        (l1 + mse + edge_l1(reconstruction, x)).backward()
+        loss.backward()
         optimizer.step()
         schedule.step()
         if step % 25 == 0 or step == steps - 1:
@@ -171,22 +177,26 @@ def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: to
     return unet.eval(), text_encoder.eval()
 
 
-def check_samples(backend: DiffusersBackend, count: int, guidance: float, steps: int, seed: int = 1) -> dict:
-    """Detector accuracy on samples for `count` prompts drawn with another data seed (held-out draws)."""
+def draw(backend: DiffusersBackend, specs: list, guidance: float, steps: int, first_seed: int = 0) -> list:
+    """DDIM samples for the specs' captions, sample i from the noise of seed first_seed + i, 64 at a time."""
     from lib_smooth.ddim import guided_eps, sample
     from lib_smooth.images import tensor_to_pils
     from lib_smooth.interpolate import seed_noise
 
-    specs = [shapes.spec_for(i, seed) for i in range(count)]
     uncond = backend.encode_prompts([""], IMAGE_SIZE, IMAGE_SIZE)
     images = []
-    for start in range(0, count, 64):
+    for start in range(0, len(specs), 64):
         chunk = specs[start : start + 64]
         cond = backend.encode_prompts([s.caption for s in chunk], IMAGE_SIZE, IMAGE_SIZE)
-        noise = torch.cat([seed_noise(start + i, (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)) for i in range(len(chunk))])
-        latents = sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)
-        images += tensor_to_pils(backend.decode_latents(latents))
-    return {"guidance": guidance, "steps": steps, **shapes.accuracy(images, specs)}
+        noise = torch.cat([seed_noise(first_seed + start + i, (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)) for i in range(len(chunk))])
+        images += tensor_to_pils(backend.decode_latents(sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)))
+    return images
+
+
+def check_samples(backend: DiffusersBackend, count: int, guidance: float, steps: int, seed: int = 1) -> dict:
+    """Detector accuracy on samples for `count` prompts drawn with another data seed (held-out draws)."""
+    specs = [shapes.spec_for(i, seed) for i in range(count)]
+    return {"guidance": guidance, "steps": steps, **shapes.accuracy(draw(backend, specs, guidance, steps), specs)}
 
 
 def main() -> None:
