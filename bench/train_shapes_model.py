@@ -74,6 +74,21 @@ def init_posterior(vae: torch.nn.Module) -> None:
         vae.quant_conv.bias[4:] = -8
 
 
+def with_latent_noise(latents: torch.Tensor, relative_std: float) -> torch.Tensor:
+    """Latents plus Gaussian noise of `relative_std` times their batch std: a decoder trained on these must
+    read shape from latent features that survive such noise (see --latent-noise)."""
+    if not relative_std:
+        return latents
+    return latents + relative_std * latents.detach().std() * torch.randn_like(latents)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR, γ) / SNR per sample, SNR = ᾱ / (1 − ᾱ): the min-SNR-γ weights of an ε-prediction loss
+    (Hang et al. 2023), less weight on the easy, nearly clean timesteps."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return snr.clamp(max=gamma) / snr
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L1 + MSE + edge L1, L1, MSE) of a reconstruction against its images."""
     l1, mse = (reconstruction - x).abs().mean(), (reconstruction - x).pow(2).mean()
@@ -81,7 +96,7 @@ def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[
 
 
 def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int, lr: float, log: list,
-              vae: torch.nn.Module | None = None) -> torch.nn.Module:
+              vae: torch.nn.Module | None = None, latent_noise: float = 0.0) -> torch.nn.Module:
     """Train a new VAE, or go on training `vae`."""
     from diffusers import AutoencoderKL
 
@@ -101,7 +116,7 @@ def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int
             top, left = torch.randint(IMAGE_SIZE - crop + 1, (2,)).tolist()
             x = x[:, :, top : top + crop, left : left + crop]
         posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
+        reconstruction = vae.decode(with_latent_noise(posterior.sample(), latent_noise)).sample
         loss, l1, mse = reconstruction_loss(reconstruction, x)
         loss = loss + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -114,7 +129,8 @@ def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int
     return vae.eval()
 
 
-def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, batch: int, lr: float, log: list) -> torch.nn.Module:
+def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, batch: int, lr: float, log: list,
+                  latent_noise: float = 0.0) -> torch.nn.Module:
     """Sharpen the decoder with the encoder frozen, on whole images: the latents do not change, so a UNet
     trained on them stays valid. `latents` are the posterior means (unscaled)."""
     vae.train()
@@ -125,7 +141,7 @@ def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Ten
     for step in bar:
         index = torch.randint(len(images), (batch,))
         x = to_unit(images[index])
-        reconstruction = vae.decode(latents[index]).sample
+        reconstruction = vae.decode(with_latent_noise(latents[index], latent_noise)).sample
         loss, l1, mse = reconstruction_loss(reconstruction, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,7 +159,8 @@ def encode_all(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> 
     return torch.cat(means)
 
 
-def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int, lr: float, log: list):
+def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int, lr: float, log: list,
+                   min_snr_gamma: float = 0.0):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -164,7 +181,8 @@ def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: to
         noise = torch.randn_like(x0)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = (prediction - noise).pow(2).mean()
+        per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(a.flatten(), min_snr_gamma)).mean() if min_snr_gamma else per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -207,9 +225,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=950)
     parser.add_argument("--vae-full-size-steps", type=int, default=150)
+    parser.add_argument("--latent-noise", type=float, default=0.0,
+                        help="train the decoder on latents plus noise of this many batch stds (shipped model: 0; bench/RESULTS.md)")
     parser.add_argument("--resume-vae", help="a VAE folder written by an earlier run, to train further instead of from scratch")
     parser.add_argument("--decoder-steps", type=int, default=0, help="then train the VAE decoder alone (latents unchanged)")
     parser.add_argument("--unet-steps", type=int, default=2400)
+    parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-γ loss weights for the UNet (shipped model: none)")
     parser.add_argument("--resume-denoiser", help="a diffusers folder written by an earlier run: take its text encoder and UNet instead of training")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--install", action="store_true", help="write the result into lib_smooth/models")
@@ -234,13 +255,13 @@ def main() -> None:
 
         vae = AutoencoderKL.from_pretrained(args.resume_vae, local_files_only=True)
     if args.vae_steps:
-        vae = train_vae(images, args.vae_steps, args.vae_full_size_steps, 16, 1e-3, log, vae)
+        vae = train_vae(images, args.vae_steps, args.vae_full_size_steps, 16, 1e-3, log, vae, args.latent_noise)
     needs_latents = args.vae_steps or args.decoder_steps or not args.resume_denoiser
     latents = encode_all(vae, images) if needs_latents else None
     if args.vae_steps:
         vae.register_to_config(scaling_factor=float(1 / latents.std()))
     if args.decoder_steps:
-        vae = train_decoder(vae, latents, images, args.decoder_steps, 16, 5e-4, log)
+        vae = train_decoder(vae, latents, images, args.decoder_steps, 16, 5e-4, log, args.latent_noise)
     vae.save_pretrained(out / "vae")
     timings["vae_s"] = time.perf_counter() - start
     if not args.unet_steps and not args.resume_denoiser:
@@ -258,7 +279,7 @@ def main() -> None:
         unet = UNet2DConditionModel.from_pretrained(Path(args.resume_denoiser) / "unet", local_files_only=True).float().eval()
         text_encoder = CLIPTextModel.from_pretrained(Path(args.resume_denoiser) / "text_encoder", local_files_only=True).float().eval()
     else:
-        unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch, 1e-3, log)
+        unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch, 1e-3, log, args.min_snr_gamma)
     timings["denoiser_s"] = time.perf_counter() - start
 
     from lib_smooth.backends.tiny import save_diffusers_folder

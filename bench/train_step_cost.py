@@ -1,7 +1,7 @@
 """Time and peak memory of one Smooth-LoRA training step, per regularizer setting, relative to a plain LoRA step.
 
-Model: the tiny real-architecture SD1 UNet of lib_smooth.backends.tiny with rank-4 LoRA on the attention
-projections (the official placement); a batch of noisy latents at uniform timesteps; AdamW. Each variant
+Model: the embedded shapes-sd1 UNet (or --model) with bench/lora_loop.py's LoRA — rank 8 on the
+attention projections, the official placement; a batch of noisy latents at uniform timesteps; AdamW. Each variant
 runs in its own process so its peak RSS is its own; the table gives median step time (interval 4:
 mean over whole 4-step cycles, i.e. the amortised cost) and peak RSS above the model-only baseline.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -25,7 +24,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.regularizer import StepwiseVariationRegularizer, double_backward_attention, predict_x0  # noqa: E402
+
+from lora_loop import add_lora  # noqa: E402
 
 VARIANTS = {
     "plain LoRA": None,
@@ -38,39 +40,11 @@ VARIANTS = {
 }
 
 
-class LoraLinear(torch.nn.Module):
-    def __init__(self, base: torch.nn.Linear, rank: int = 4):
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
-        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
-        torch.nn.init.zeros_(self.up.weight)
-
-    def forward(self, x):
-        return self.base(x) + self.up(self.down(x))
-
-
-def add_lora(unet: torch.nn.Module) -> list:
-    unet.requires_grad_(False)
-    params = []
-    for name, module in list(unet.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if re.search(r"attn[12]$", name) and child_name in ("to_q", "to_k", "to_v"):
-                setattr(module, child_name, LoraLinear(child))
-                params += list(getattr(module, child_name).parameters())[-2:]
-            elif re.search(r"attn[12]\.to_out$", name) and child_name == "0":
-                module[0] = LoraLinear(child)
-                params += list(module[0].parameters())[-2:]
-    return params
-
-
-def run_variant(name: str, device: str, batch: int, size: int, steps: int) -> dict:
-    from lib_smooth.backends.tiny import build_tiny_backend
-
-    backend = build_tiny_backend("sd1")
-    unet = backend.unet_model.to(device).train()
-    params = add_lora(unet)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+def run_variant(name: str, model: str | None, device: str, batch: int, size: int, rank: int, steps: int) -> dict:
+    backend, _ = open_model(model)
+    unet = backend.unet_model.to(device).train().requires_grad_(False)
+    layers = add_lora(unet, rank)
+    optimizer = torch.optim.AdamW([p for layer in layers.values() for p in (layer.down, layer.up)], lr=1e-4)
     alphas = backend.alphas_cumprod.to(device)
     cond = backend.encode_prompts(["a red circle on a blue background"] * batch, size * 8, size * 8).to(device)
     options = VARIANTS[name]
@@ -111,23 +85,24 @@ def run_variant(name: str, device: str, batch: int, size: int, steps: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="diffusers folder or single file (default: the embedded shapes-sd1)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--latent-size", type=int, default=16, help="latent height/width (pixels / 8)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--latent-size", type=int, default=8, help="latent height/width (pixels / 8)")
+    parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=28, help="steps per variant, the first 4 being warm-up")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline:
-        from lib_smooth.backends.tiny import build_tiny_backend
-
-        build_tiny_backend("sd1").unet_model.to(args.device)
+        open_model(args.model)[0].unet_model.to(args.device)
         print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.device, args.batch, args.latent_size, args.steps)))
+        print(json.dumps(run_variant(args.variant, args.model, args.device, args.batch, args.latent_size, args.rank, args.steps)))
         return
-    common = ["--device", args.device, "--batch", str(args.batch), "--latent-size", str(args.latent_size), "--steps", str(args.steps)]
+    common = ["--device", args.device, "--batch", str(args.batch), "--latent-size", str(args.latent_size), "--rank", str(args.rank), "--steps", str(args.steps)]
+    common += ["--model", args.model] if args.model else []
     baseline = json.loads(subprocess.run([sys.executable, __file__, "--baseline", *common], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
     rows = []
     for name in VARIANTS:
@@ -140,7 +115,8 @@ def main() -> None:
             row["peak_mib"] -= baseline["peak_mib"]
         row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
     machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    result = {"device": args.device, "machine": machine, "torch": torch.__version__, "batch": args.batch, "latent_size": args.latent_size,
+    result = {"model": open_model(args.model)[1], "device": args.device, "machine": machine, "torch": torch.__version__,
+              "batch": args.batch, "latent_size": args.latent_size, "rank": args.rank,
               "memory": "peak CUDA allocation" if args.device == "cuda" else "peak RSS above the model-only baseline", "rows": rows}
     folder = Path(__file__).parent / "results"
     folder.mkdir(exist_ok=True)
