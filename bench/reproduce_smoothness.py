@@ -260,6 +260,40 @@ def long_target_run(backend, data: Callable[[], tuple], steps: int, batch: int) 
     return result
 
 
+def remeasure_istd(backend, work: Path, steps: int, args) -> dict:
+    """ISTD and its companions again at `steps` DDIM steps for the base model and the finished λ = 0 and
+    λ = 1 rank-8 LoRAs in `work` (the grid measures at fewer steps than the paper's 50, to fit a session).
+    Each measurement is kept in `work`, so this resumes and shards like the grid."""
+    names = ["base"] + [LoraRun(weight, 8, seed).name for weight in (0.0, 1.0) for seed in args.seeds]
+    if args.shard:
+        index, count = map(int, args.shard.split("/"))
+        names = names[index::count]
+    prompts = [shapes.spec_for(i, HELD_OUT_SEED).caption for i in range(args.prompts)]
+    measured = {}
+    for name in tqdm(names, desc=f"ISTD at {steps} steps"):
+        record = work / f"istd{steps}_{name}.json"
+        if not record.is_file():
+            if name != "base":
+                backend.apply_lora(load_lora(work / f"{name}.safetensors"))
+            try:
+                report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=steps, guidance=args.guidance,
+                                       width=SIZE, height=SIZE, batch_size=11)
+            finally:
+                if name != "base":
+                    backend.remove_lora()
+            record.write_text(json.dumps({k: getattr(report.mean, k) for k in FIGURES}))
+        measured[name] = json.loads(record.read_text())
+    if args.shard:
+        return measured
+    table = {"base_model": measured["base"]}
+    for weight in (0.0, 1.0):
+        runs = [measured[LoraRun(weight, 8, seed).name] for seed in args.seeds]
+        table[f"lambda_{weight:g}"] = {f: spread([run[f] for run in runs]) for f in FIGURES}
+    result = {"steps": steps, "protocol": {k: getattr(args, k) for k in ("prompts", "pairs", "guidance")}, "seeds": args.seeds, **table}
+    (RESULTS / f"smoothness_istd_{steps}_steps.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/smoothness-reproduction", help="LoRA files and per-run results (resumable)")
@@ -277,6 +311,8 @@ def main() -> None:
     parser.add_argument("--shard", help="K/N: only every N-th run from the K-th (start N processes with one torch thread each: "
                                          "faster than one process on a small model); then run once without it")
     parser.add_argument("--target-a-steps", type=int, default=0, help="instead of the grid: one λ = 1 run this long, to see the target a settle")
+    parser.add_argument("--remeasure-istd", type=int, metavar="STEPS",
+                        help="only measure ISTD again at STEPS DDIM steps for the base model and the finished λ = 0 / 1 rank-8 LoRAs")
     parser.add_argument("--finished-only", action="store_true", help="write the results from the finished runs in --work, listing the missing ones")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few pairs (results not written)")
     args = parser.parse_args()
@@ -287,8 +323,11 @@ def main() -> None:
     backend, description = open_model(args.model)
     data = functools.lru_cache(maxsize=1)(lambda: training_data(backend, args.train_images))  # only when a run trains
     base_record = work / "base.json"
-    if not base_record.is_file() and (not args.shard or args.shard.startswith("0/")):
+    if not base_record.is_file() and (not args.shard or args.shard.startswith("0/")) and not args.remeasure_istd:
         base_record.write_text(json.dumps(evaluate(backend, args), indent=1))
+    if args.remeasure_istd:
+        result = remeasure_istd(backend, work, args.remeasure_istd, args)
+        return print(json.dumps(result, indent=1)[:2000])
     if args.target_a_steps:
         result = long_target_run(backend, data, args.target_a_steps, args.batch)
         return print(f"target a settled (within 1/2/5 %) at steps {result['settled_at']}; wrote {RESULTS / 'target_a_long.json'}")
