@@ -95,6 +95,15 @@ def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> tuple[
     return l1 + mse + edge_l1(reconstruction, x), l1, mse
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, schedule, loss: torch.Tensor, clip: list | None = None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
 def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int, lr: float, log: list,
               vae: torch.nn.Module | None = None, latent_noise: float = 0.0) -> torch.nn.Module:
     """Train a new VAE, or go on training `vae`."""
@@ -118,11 +127,7 @@ def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(with_latent_noise(posterior.sample(), latent_noise)).sample
         loss, l1, mse = reconstruction_loss(reconstruction, x)
-        loss = loss + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        optimizer_step(optimizer, schedule, loss + 1e-6 * posterior.kl().mean())
         if step % 25 == 0 or step == steps - 1:
             bar.set_postfix(l1=f"{l1.item():.4f}", mse=f"{mse.item():.5f}")
             log.append({"stage": "vae", "step": step, "l1": l1.item(), "mse": mse.item()})
@@ -143,10 +148,7 @@ def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Ten
         x = to_unit(images[index])
         reconstruction = vae.decode(with_latent_noise(latents[index], latent_noise)).sample
         loss, l1, mse = reconstruction_loss(reconstruction, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        optimizer_step(optimizer, schedule, loss)
         if step % 25 == 0 or step == steps - 1:
             bar.set_postfix(l1=f"{l1.item():.4f}", mse=f"{mse.item():.5f}")
             log.append({"stage": "decoder", "step": step, "l1": l1.item(), "mse": mse.item()})
@@ -183,11 +185,7 @@ def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: to
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(a.flatten(), min_snr_gamma)).mean() if min_snr_gamma else per_sample.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(optimizer, schedule, loss, clip=parameters)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 25 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{running:.4f}")

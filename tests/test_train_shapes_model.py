@@ -33,3 +33,26 @@ def test_cosine_lr_warms_up_then_falls_to_its_floor():
     assert cosine_lr(0, 100, 10) == pytest.approx(0.1) and cosine_lr(9, 100, 10) == pytest.approx(1.0)
     assert cosine_lr(55, 100, 10) == pytest.approx(0.5)  # half-way through the cosine
     assert cosine_lr(100, 100, 10, floor=0.1) == pytest.approx(0.1)
+
+
+def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
+    """A few steps of each stage on 8 images: the VAE's L1 falls, the decoder stage keeps the latents'
+    shape, and the denoiser stage returns a UNet and text encoder that take the CLIP tokens."""
+    from transformers import CLIPTokenizer
+
+    from train_shapes_model import encode_all, render_dataset, train_decoder, train_denoiser, train_vae
+
+    torch.manual_seed(0)
+    images, captions = render_dataset(8, seed=0)
+    log: list = []
+    vae = train_vae(images, steps=30, full_size_steps=2, batch=8, lr=1e-3, log=log)
+    first, last = [entry["l1"] for entry in log if entry["stage"] == "vae"][::len(log) - 1]
+    assert last < 0.85 * first  # 0.62 → 0.47 on this seed
+    latents = encode_all(vae, images)
+    assert latents.shape == (8, 4, 8, 8)
+    train_decoder(vae, latents, images, steps=2, batch=4, lr=5e-4, log=log, latent_noise=0.25)
+    assert [entry["stage"] for entry in log].count("decoder") == 2
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    unet, text_encoder = train_denoiser(latents, ids, ids[0], steps=2, batch=4, lr=1e-3, log=log, min_snr_gamma=5.0)
+    assert unet(latents[:2], torch.tensor([10, 900]), encoder_hidden_states=text_encoder(ids[:2])[0]).sample.shape == (2, 4, 8, 8)
