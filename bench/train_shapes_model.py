@@ -162,12 +162,15 @@ def encode_all(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> 
 
 
 def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int, lr: float, log: list,
-                   min_snr_gamma: float = 0.0):
+                   min_snr_gamma: float = 0.0, start_from: tuple | None = None):
+    """Train a new text encoder + UNet, or go on training the pair `start_from` (a fresh warm-up and cosine)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+    if start_from:
+        unet, text_encoder = (module.float().train() for module in start_from)
+    else:
+        unet, text_encoder = UNet2DConditionModel(**UNET_CONFIG), CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, 100))
@@ -229,7 +232,8 @@ def main() -> None:
     parser.add_argument("--decoder-steps", type=int, default=0, help="then train the VAE decoder alone (latents unchanged)")
     parser.add_argument("--unet-steps", type=int, default=2400)
     parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-γ loss weights for the UNet (shipped model: none)")
-    parser.add_argument("--resume-denoiser", help="a diffusers folder written by an earlier run: take its text encoder and UNet instead of training")
+    parser.add_argument("--resume-denoiser", help="a diffusers folder written by an earlier run: start from its text encoder and UNet "
+                                                   "(with --unet-steps 0: take them as they are)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--install", action="store_true", help="write the result into lib_smooth/models")
     parser.add_argument("--install-only", action="store_true", help="install the model already trained in --out")
@@ -254,7 +258,7 @@ def main() -> None:
         vae = AutoencoderKL.from_pretrained(args.resume_vae, local_files_only=True)
     if args.vae_steps:
         vae = train_vae(images, args.vae_steps, args.vae_full_size_steps, 16, 1e-3, log, vae, args.latent_noise)
-    needs_latents = args.vae_steps or args.decoder_steps or not args.resume_denoiser
+    needs_latents = args.vae_steps or args.decoder_steps or args.unet_steps or not args.resume_denoiser
     latents = encode_all(vae, images) if needs_latents else None
     if args.vae_steps:
         vae.register_to_config(scaling_factor=float(1 / latents.std()))
@@ -270,14 +274,16 @@ def main() -> None:
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out / "tokenizer"), local_files_only=True)
     tokenize = lambda texts: tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids  # noqa: E731
     start = time.perf_counter()
+    unet = text_encoder = None
     if args.resume_denoiser:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
         unet = UNet2DConditionModel.from_pretrained(Path(args.resume_denoiser) / "unet", local_files_only=True).float().eval()
         text_encoder = CLIPTextModel.from_pretrained(Path(args.resume_denoiser) / "text_encoder", local_files_only=True).float().eval()
-    else:
-        unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch, 1e-3, log, args.min_snr_gamma)
+    if args.unet_steps:
+        unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch,
+                                            1e-3, log, args.min_snr_gamma, start_from=(unet, text_encoder) if unet is not None else None)
     timings["denoiser_s"] = time.perf_counter() - start
 
     from lib_smooth.backends.tiny import save_diffusers_folder
