@@ -56,3 +56,6 @@ def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
     ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
     unet, text_encoder = train_denoiser(latents, ids, ids[0], steps=2, batch=4, lr=1e-3, log=log, min_snr_gamma=5.0)
     assert unet(latents[:2], torch.tensor([10, 900]), encoder_hidden_states=text_encoder(ids[:2])[0]).sample.shape == (2, 4, 8, 8)
+    before = unet.conv_in.weight.detach().clone()
+    continued = train_denoiser(latents, ids, ids[0], steps=2, batch=4, lr=1e-3, log=log, start_from=(unet, text_encoder))
+    assert continued[0] is unet and not torch.equal(unet.conv_in.weight, before)  # went on training the given pair
