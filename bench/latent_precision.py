@@ -22,14 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_smooth import shapes  # noqa: E402
 from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.ddim import guided_eps, sample  # noqa: E402
-from lib_smooth.images import tensor_to_pils  # noqa: E402
+from lib_smooth.images import pil_to_tensor, tensor_to_pils  # noqa: E402
 from lib_smooth.interpolate import seed_noise  # noqa: E402
 from lib_smooth.metrics import psnr  # noqa: E402
 from lib_smooth.regularizer import predict_x0  # noqa: E402
@@ -43,7 +42,7 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def encode(backend, specs: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixels in [−1, 1], scaled latents) of the specs' renders."""
-    pixels = torch.from_numpy(np.stack([np.asarray(shapes.render(spec, SIZE)) for spec in specs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = torch.cat([pil_to_tensor(shapes.render(spec, SIZE)) for spec in specs])
     return pixels, backend.encode_images(pixels)
 
 

@@ -66,6 +66,10 @@ def add_lora(unet: nn.Module, rank: int) -> Dict[str, LoraLinear]:
     return layers
 
 
+def lora_parameters(layers: Dict[str, LoraLinear]) -> List[nn.Parameter]:
+    return [p for layer in layers.values() for p in (layer.down, layer.up)]
+
+
 def to_network(layers: Dict[str, LoraLinear], run: LoraRun, metadata: Dict[str, str]) -> LoraNetwork:
     return LoraNetwork(
         {kohya_name("unet", path, "sd1"): LoraLayer(layer.down.detach().clone(), layer.up.detach().clone(), float(run.rank))
@@ -94,7 +98,7 @@ def train_lora(
     torch.manual_seed(run.seed)
     model = copy.deepcopy(unet).train().requires_grad_(False)
     layers = add_lora(model, run.rank)
-    parameters = [p for layer in layers.values() for p in (layer.down, layer.up)]
+    parameters = lora_parameters(layers)
     optimizer = torch.optim.AdamW(parameters, lr=run.learning_rate, weight_decay=1e-2)  # the official run's AdamW defaults
     regularizer = StepwiseVariationRegularizer(weight=run.weight, ema_decay=run.ema_decay) if run.weight > 0 else None
     log = []

@@ -25,9 +25,10 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_smooth import shapes  # noqa: E402
 from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.evaluate import evaluate_istd  # noqa: E402
-from lib_smooth.images import tensor_to_pils  # noqa: E402
+from lib_smooth.images import pil_to_tensor, tensor_to_pils  # noqa: E402
 from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
 from lib_smooth.lora_formats import load_lora, save_kohya  # noqa: E402
 from lib_smooth.metrics import reconstruction_metrics  # noqa: E402
@@ -60,9 +61,9 @@ def training_data(backend, count: int):
     """Latents of `count` training images (data seed 0) and the text-encoder output of each distinct caption."""
     images, captions = [], []
     for image, spec in shapes.samples(count, 0, SIZE):
-        images.append(np.asarray(image))
+        images.append(pil_to_tensor(image))
         captions.append(spec.caption)
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = torch.cat(images)
     latents = torch.cat([backend.encode_images(pixels[i : i + 256]) for i in range(0, count, 256)])
     distinct = sorted(set(captions))
     contexts = torch.cat([backend.encode_prompts(distinct[i : i + 256], SIZE, SIZE) for i in range(0, len(distinct), 256)])
@@ -89,12 +90,30 @@ def inversion(backend, count: int, steps: int) -> dict:
     return {key: float(np.mean([row[key] for row in rows])) for key in ("mse", "psnr", "ssim")}
 
 
-def evaluate(backend, args) -> dict:
+def smoothness(backend, args, steps: int) -> dict:
+    """ISTD and its companions under the paper's protocol: 11-point slerps for held-out prompts × noise pairs."""
     prompts = [shapes.spec_for(i, HELD_OUT_SEED).caption for i in range(args.prompts)]
-    start = time.perf_counter()
-    report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=args.steps, guidance=args.guidance,
+    report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=steps, guidance=args.guidance,
                            width=SIZE, height=SIZE, batch_size=11)
-    result = {"smoothness": {k: getattr(report.mean, k) for k in FIGURES},
+    return {k: getattr(report.mean, k) for k in FIGURES}
+
+
+@contextmanager
+def lora_applied(backend, path: Optional[Path]) -> Iterator[None]:
+    """The backend with the LoRA file at `path` merged (none: the base model), restored afterwards."""
+    if path is None:
+        yield
+        return
+    backend.apply_lora(load_lora(path))
+    try:
+        yield
+    finally:
+        backend.remove_lora()
+
+
+def evaluate(backend, args) -> dict:
+    start = time.perf_counter()
+    result = {"smoothness": smoothness(backend, args, args.steps),
               "inversion": inversion(backend, args.inversion_images, args.steps),
               "quality": quality(backend, args.samples, args.steps, args.guidance)}
     result["evaluation_seconds"] = round(time.perf_counter() - start, 1)
@@ -112,11 +131,8 @@ def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) 
     bar.close()
     seconds = time.perf_counter() - start
     path = save_kohya(network, work / f"{run.name}.safetensors", overwrite=True)
-    backend.apply_lora(load_lora(path))
-    try:
+    with lora_applied(backend, path):
         result = evaluate(backend, args)
-    finally:
-        backend.remove_lora()
     result.update(run=asdict(run), training_seconds=round(seconds, 1), seconds_per_step=round(seconds / run.steps, 3),
                   trajectory=log, target_a_settled_at=settling_step(log), lora_file=path.name)
     record.write_text(json.dumps(result, indent=1))
@@ -268,20 +284,12 @@ def remeasure_istd(backend, work: Path, steps: int, args) -> dict:
     if args.shard:
         index, count = map(int, args.shard.split("/"))
         names = names[index::count]
-    prompts = [shapes.spec_for(i, HELD_OUT_SEED).caption for i in range(args.prompts)]
     measured = {}
     for name in tqdm(names, desc=f"ISTD at {steps} steps"):
         record = work / f"istd{steps}_{name}.json"
         if not record.is_file():
-            if name != "base":
-                backend.apply_lora(load_lora(work / f"{name}.safetensors"))
-            try:
-                report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=steps, guidance=args.guidance,
-                                       width=SIZE, height=SIZE, batch_size=11)
-            finally:
-                if name != "base":
-                    backend.remove_lora()
-            record.write_text(json.dumps({k: getattr(report.mean, k) for k in FIGURES}))
+            with lora_applied(backend, None if name == "base" else work / f"{name}.safetensors"):
+                record.write_text(json.dumps(smoothness(backend, args, steps)))
         measured[name] = json.loads(record.read_text())
     if args.shard:
         return measured

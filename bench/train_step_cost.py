@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_smooth.backends import open_model  # noqa: E402
+from lib_smooth.backends.shapes_model import DESCRIPTION  # noqa: E402
 from lib_smooth.regularizer import StepwiseVariationRegularizer, double_backward_attention, predict_x0  # noqa: E402
 
-from lora_loop import add_lora  # noqa: E402
+from lora_loop import add_lora, lora_parameters  # noqa: E402
 
 VARIANTS = {
     "plain LoRA": None,
@@ -43,8 +44,7 @@ VARIANTS = {
 def run_variant(name: str, model: str | None, device: str, batch: int, size: int, rank: int, steps: int) -> dict:
     backend, _ = open_model(model)
     unet = backend.unet_model.to(device).train().requires_grad_(False)
-    layers = add_lora(unet, rank)
-    optimizer = torch.optim.AdamW([p for layer in layers.values() for p in (layer.down, layer.up)], lr=1e-4)
+    optimizer = torch.optim.AdamW(lora_parameters(add_lora(unet, rank)), lr=1e-4)
     alphas = backend.alphas_cumprod.to(device)
     cond = backend.encode_prompts(["a red circle on a blue background"] * batch, size * 8, size * 8).to(device)
     options = VARIANTS[name]
@@ -115,7 +115,7 @@ def main() -> None:
             row["peak_mib"] -= baseline["peak_mib"]
         row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
     machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    result = {"model": open_model(args.model)[1], "device": args.device, "machine": machine, "torch": torch.__version__,
+    result = {"model": args.model or DESCRIPTION, "device": args.device, "machine": machine, "torch": torch.__version__,
               "batch": args.batch, "latent_size": args.latent_size, "rank": args.rank,
               "memory": "peak CUDA allocation" if args.device == "cuda" else "peak RSS above the model-only baseline", "rows": rows}
     folder = Path(__file__).parent / "results"
