@@ -21,7 +21,9 @@ class Backend(Protocol):
     Attributes:
         parameterization: "eps" or "v" — what the UNet predicts.
         alphas_cumprod: float32 tensor of the training schedule's ᾱ_t, one entry per DDPM timestep.
-        device, dtype: where and in which precision the UNet runs (latent math stays float32).
+        device, dtype: where and in which precision the UNet runs (latent math stays float32). The
+            model's outputs (UNet, encoders) are on `device`; the core draws seed noise on the CPU and
+            moves it there, so sampling runs on the model's device.
         latent_channels: channels of the VAE latent (4 for SD).
         vae_scale: pixel size of one latent cell (8 for SD).
         identity: a short string naming the model weights (hash), used in cache keys and sidecars.

@@ -77,11 +77,12 @@ def guided_eps(
         c = cond_expand(cond[index] if per_step_cond else cond, batch)
         timesteps = torch.full((batch,), t, dtype=torch.long)
         alpha = level(backend.alphas_cumprod, t)
+        # the model answers on its own device; the DDIM arithmetic happens on x's
         if uncond is None or guidance == 1.0:
-            out = backend.unet(x, timesteps, c)
+            out = backend.unet(x, timesteps, c).to(x.device)
             return model_output_to_eps(out, x, alpha, backend.parameterization)
         u = cond_expand(uncond[index] if per_step_uncond else uncond, batch)
-        out = backend.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]), cond_cat([u, c]))
+        out = backend.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]), cond_cat([u, c])).to(x.device)
         eps = model_output_to_eps(out, torch.cat([x, x]), alpha, backend.parameterization)
         eps_u, eps_c = eps.chunk(2)
         return eps_u + guidance * (eps_c - eps_u)

@@ -68,7 +68,7 @@ def evaluate_istd(
         sequences = []
         for j in range(pairs):
             k = p * pairs + j
-            noise_a, noise_b = seed_noise(seed + 2 * k, shape), seed_noise(seed + 2 * k + 1, shape)
+            noise_a, noise_b = seed_noise(seed + 2 * k, shape, backend.device), seed_noise(seed + 2 * k + 1, shape, backend.device)
             latents = render_frames(backend, noise_a, noise_b, cond, cond, uncond, points, steps, guidance, batch_size, on_step, ratios)
             images = tensor_to_pils(torch.cat([backend.decode_latents(latents[i : i + batch_size]) for i in range(0, points, batch_size)]))
             sequences.append(smoothness(images))

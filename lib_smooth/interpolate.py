@@ -34,7 +34,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | float, dot_t
     dimension merged: (1, C, H, W) inputs give (len(weights), C, H, W)). Nearly parallel inputs
     (cos θ > `dot_threshold`) fall back to the linear blend (1−w)·a + w·b.
     """
-    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1).to(a.device)
     flat_a, flat_b = a.double().reshape(-1), b.double().reshape(-1)
     cos = torch.dot(flat_a, flat_b) / (flat_a.norm() * flat_b.norm())
     if cos.abs() > dot_threshold:
@@ -47,10 +47,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | float, dot_t
     return out.reshape(len(w), *shape).to(a.dtype)
 
 
-def seed_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
-    """Standard normal latent noise from a seed, drawn on the CPU so every device gives the same x_T."""
+def seed_noise(seed: int, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal latent noise from a seed, drawn on the CPU so every device gives the same x_T,
+    then moved to `device` (the model's: sampling there avoids a transfer per step)."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
 
 
 def render_frames(

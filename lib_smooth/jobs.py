@@ -118,7 +118,7 @@ def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Option
                     x_T.append(inversion.x_T)
                     unconds.append(inversion.null_embeddings)
                 else:
-                    x_T.append(seed_noise(seed, shape))
+                    x_T.append(seed_noise(seed, shape, backend.device))
                     unconds.append(None)
         if any(u is not None for u in unconds):
             # per-step null embeddings: an end without them (a seed) uses the negative prompt at every step
