@@ -6,13 +6,13 @@ how much of the wall time is spent outside the UNet (VAE decoding listed apart: 
 but not the UNet's). The goal is ≤ 10 % outside the UNet and VAE.
 
     python bench/interpolation_throughput.py [--model PATH] [--frames 24] [--steps 25] [--size 64]
+        [--device cuda --dtype float16 --output bench/results/interpolation_throughput_cuda.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -25,19 +25,25 @@ from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.jobs import run_interpolate  # noqa: E402
 from lib_smooth.requests import InterpolateRequest  # noqa: E402
 
+from machine import describe  # noqa: E402
+
 
 class TimedBackend:
     """Forwards everything to a backend and adds up the seconds spent in each model call."""
 
     def __init__(self, inner):
         self.inner, self.seconds, self.samples = inner, defaultdict(float), defaultdict(int)
+        # GPU calls return before the work is done: wait for it, or the time lands in the next call
+        self.sync = torch.cuda.synchronize if inner.device.type == "cuda" else (lambda: None)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
     def _timed(self, kind, fn, *args):
+        self.sync()
         start = time.perf_counter()
         out = fn(*args)
+        self.sync()
         self.seconds[kind] += time.perf_counter() - start
         self.samples[kind] += args[0].shape[0] if hasattr(args[0], "shape") else len(args[0])
         return out
@@ -59,8 +65,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "interpolation_throughput.json"))
     args = parser.parse_args()
-    inner, model = open_model(args.model)
+    inner, model = open_model(args.model, device=args.device, dtype=args.dtype)
     request = InterpolateRequest(prompt_a="a red circle on a blue background", seed_a=1, seed_b=2, frames=args.frames, steps=args.steps,
                                  width=args.size, height=args.size, batch_size=args.batch_size)
     run_interpolate(inner, InterpolateRequest(**{**request.__dict__, "frames": 2, "steps": 2}))  # warm-up
@@ -72,14 +81,13 @@ def main() -> None:
     other = total - unet - decode - text
     result = {
         "model": model, "frames": args.frames, "steps": args.steps, "size": args.size, "batch_size": args.batch_size,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": describe(args.device), "dtype": args.dtype,
         "seconds": total, "frames_per_second": args.frames / total, "unet_evaluations_per_frame": backend.samples["unet"] / args.frames,
         "unet_seconds": unet, "vae_decode_seconds": decode, "text_seconds": text, "other_seconds": other,
         "overhead_over_unet_and_vae": other / (unet + decode), "overhead_over_unet_alone": (total - unet) / unet,
     }
-    folder = Path(__file__).parent / "results"
-    folder.mkdir(exist_ok=True)
-    (folder / "interpolation_throughput.json").write_text(json.dumps(result, indent=2))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
 
 

@@ -6,13 +6,13 @@ random-weight SD1 model is used: its random VAE cannot reproduce images, so only
 the times mean anything there.
 
     python bench/inversion_cost.py [--model PATH] [--steps 50] [--size 64]
+        [--device cuda --dtype float16 --output bench/results/inversion_cost_cuda.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +26,8 @@ from lib_smooth.jobs import decode  # noqa: E402
 from lib_smooth.metrics import psnr, ssim  # noqa: E402
 from lib_smooth.shapes import samples  # noqa: E402
 
+from machine import describe  # noqa: E402
+
 
 def test_images(size: int) -> list:
     """Three drawn images with their captions (the first of lib_smooth.shapes' deterministic set)."""
@@ -38,13 +40,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--inner-steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "inversion_cost.json"))
     args = parser.parse_args()
-    backend, model = open_model(args.model)
+    backend, model = open_model(args.model, device=args.device, dtype=args.dtype)
+    sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
+    first_prompt, first_image = test_images(args.size)[0]
+    invert_image(backend, first_image, first_prompt, steps=2, width=args.size, height=args.size, mode="null-text", inner_steps=1)  # warm-up
     rows = []
     for mode in ("ddim", "null-text"):
         for prompt, image in test_images(args.size):
             start = time.perf_counter()
             inversion = invert_image(backend, image, prompt, steps=args.steps, width=args.size, height=args.size, mode=mode, inner_steps=args.inner_steps)
+            sync()
             seconds = time.perf_counter() - start
             latent = reconstruct(backend, inversion, guidance=7.5)
             output = decode(backend, latent)[0]
@@ -56,10 +65,9 @@ def main() -> None:
         mine = [r for r in rows if r["mode"] == mode]
         summary[mode] = {key: sum(r[key] for r in mine) / len(mine) for key in ("inversion_seconds", "latent_error", "psnr", "ssim")}
     result = {"model": model, "steps": args.steps, "size": args.size, "guidance": 7.5, "null_text_inner_steps": args.inner_steps,
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "mean": summary, "rows": rows}
-    folder = Path(__file__).parent / "results"
-    folder.mkdir(exist_ok=True)
-    (folder / "inversion_cost.json").write_text(json.dumps(result, indent=2))
+              "machine": describe(args.device), "dtype": args.dtype, "mean": summary, "rows": rows}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
     print(f"{'mode':10s} {'s/image':>8s} {'latent err':>10s} {'PSNR':>7s} {'SSIM':>6s}")
     for mode, m in summary.items():
         print(f"{mode:10s} {m['inversion_seconds']:8.2f} {m['latent_error']:10.4f} {m['psnr']:7.2f} {m['ssim']:6.3f}")

@@ -46,8 +46,8 @@ class LoraLinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int):
         super().__init__()
         self.base = base
-        self.down = nn.Parameter(torch.randn(rank, base.in_features) / rank)
-        self.up = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.down = nn.Parameter(torch.randn(rank, base.in_features, device=base.weight.device) / rank)
+        self.up = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.down.t()) @ self.up.t()

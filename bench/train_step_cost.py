@@ -7,13 +7,14 @@ mean over whole 4-step cycles, i.e. the amortised cost) and peak RSS above the m
 
     python bench/train_step_cost.py                  # CPU, writes bench/results/train_step_cost.json
     python bench/train_step_cost.py --device cuda    # on a GPU, writes train_step_cost_cuda.json
+    python bench/train_step_cost.py --device cuda --model SD15_FOLDER --batch 4 --latent-size 64 --output FILE
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from lib_smooth.backends.shapes_model import DESCRIPTION  # noqa: E402
 from lib_smooth.regularizer import StepwiseVariationRegularizer, double_backward_attention, predict_x0  # noqa: E402
 
 from lora_loop import add_lora, lora_parameters  # noqa: E402
+from machine import describe  # noqa: E402
 
 VARIANTS = {
     "plain LoRA": None,
@@ -44,6 +46,7 @@ VARIANTS = {
 def run_variant(name: str, model: str | None, device: str, batch: int, size: int, rank: int, steps: int) -> dict:
     backend, _ = open_model(model)
     unet = backend.unet_model.to(device).train().requires_grad_(False)
+    weights_mib = torch.cuda.memory_allocated() / 2**20 if device == "cuda" else 0.0
     optimizer = torch.optim.AdamW(lora_parameters(add_lora(unet, rank)), lr=1e-4)
     alphas = backend.alphas_cumprod.to(device)
     cond = backend.encode_prompts(["a red circle on a blue background"] * batch, size * 8, size * 8).to(device)
@@ -59,13 +62,16 @@ def run_variant(name: str, model: str | None, device: str, batch: int, size: int
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).requires_grad_(reg is not None and reg.due and reg.method == "vjp")
-        with double_backward_attention():
+        double_backward = reg is not None and reg.due and reg.method == "vjp"
+        # as the trainer does: the math attention kernel only where a double backward needs it
+        attention = double_backward_attention if double_backward else contextlib.nullcontext
+        noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).requires_grad_(double_backward)
+        with attention():
             pred = unet(noisy, t, encoder_hidden_states=cond).sample
         loss = ((pred - noise) ** 2).mean()
         if reg is not None:
             def x0_fn(x, idx):
-                with double_backward_attention():
+                with attention():
                     return predict_x0(unet(x, t[idx], encoder_hidden_states=cond[idx]).sample, x, alphas[t[idx]], "eps")
 
             penalty, _ = reg(predict_x0(pred, noisy, alphas[t], "eps"), noisy, alphas[t], x0_fn=x0_fn)
@@ -79,7 +85,7 @@ def run_variant(name: str, model: str | None, device: str, batch: int, size: int
     measured = times[4:]  # warm-up excluded; with interval 4 this keeps whole cycles
     cycle = 4
     per_step = statistics.mean(measured) if options and options.get("interval", 1) > 1 else statistics.median(measured)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**20 - weights_mib if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"variant": name, "seconds_per_step": per_step, "peak_mib": peak, "steps_measured": len(measured) - len(measured) % cycle}
 
 
@@ -91,6 +97,7 @@ def main() -> None:
     parser.add_argument("--latent-size", type=int, default=8, help="latent height/width (pixels / 8)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--steps", type=int, default=28, help="steps per variant, the first 4 being warm-up")
+    parser.add_argument("--output", help="result file (default: bench/results/train_step_cost[_cuda].json)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,10 +110,10 @@ def main() -> None:
         return
     common = ["--device", args.device, "--batch", str(args.batch), "--latent-size", str(args.latent_size), "--rank", str(args.rank), "--steps", str(args.steps)]
     common += ["--model", args.model] if args.model else []
-    baseline = json.loads(subprocess.run([sys.executable, __file__, "--baseline", *common], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    baseline = json.loads(subprocess.run([sys.executable, __file__, "--baseline", *common], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1])
     rows = []
     for name in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--variant", name, *common], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--variant", name, *common], stdout=subprocess.PIPE, text=True, check=True)
         rows.append(json.loads(out.stdout.splitlines()[-1]))
     plain = rows[0]
     for row in rows:
@@ -114,13 +121,12 @@ def main() -> None:
         if args.device != "cuda":
             row["peak_mib"] -= baseline["peak_mib"]
         row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    result = {"model": args.model or DESCRIPTION, "device": args.device, "machine": machine, "torch": torch.__version__,
+    result = {"model": args.model or DESCRIPTION, "device": args.device, "machine": describe(args.device),
               "batch": args.batch, "latent_size": args.latent_size, "rank": args.rank,
-              "memory": "peak CUDA allocation" if args.device == "cuda" else "peak RSS above the model-only baseline", "rows": rows}
+              "memory": "peak CUDA allocation above the UNet's weights" if args.device == "cuda" else "peak RSS above the model-only baseline", "rows": rows}
     folder = Path(__file__).parent / "results"
-    folder.mkdir(exist_ok=True)
-    path = folder / ("train_step_cost.json" if args.device == "cpu" else f"train_step_cost_{args.device.split(':')[0]}.json")
+    path = Path(args.output) if args.output else folder / ("train_step_cost.json" if args.device == "cpu" else f"train_step_cost_{args.device.split(':')[0]}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"{'variant':28s} {'s/step':>8s} {'× plain':>8s} {'MiB':>8s} {'× plain':>8s}")
     for row in rows:
