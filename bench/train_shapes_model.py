@@ -314,10 +314,13 @@ def install(folder: Path) -> None:
     from lib_smooth.backends.ldm_layout import save_single_file
     from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
 
+    report = {k: v for k, v in json.loads((folder.parent / "training_report.json").read_text()).items() if k != "log"}
+    parent_report = Path(report["args"].get("resume_denoiser") or "/nonexistent") / "training_report.json"
+    if parent_report.is_file():  # a continued model keeps the record of the run it continued
+        report["resumed_from"] = json.loads(parent_report.read_text())
     shutil.rmtree(DIFFUSERS_DIR, ignore_errors=True)
     shutil.copytree(folder, DIFFUSERS_DIR, ignore=shutil.ignore_patterns("tokenizer.json"))
-    report = json.loads((folder.parent / "training_report.json").read_text())
-    (DIFFUSERS_DIR / "training_report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=1))
+    (DIFFUSERS_DIR / "training_report.json").write_text(json.dumps(report, indent=1))
     clip_folder = CHECKPOINT.parent / Path(WEBUI_TEXT_ENCODER_DIR).name
     shutil.rmtree(clip_folder, ignore_errors=True)
     save_single_file(load_diffusers_folder(DIFFUSERS_DIR, dtype=torch.float16), CHECKPOINT, clip_folder, named_as=WEBUI_TEXT_ENCODER_DIR)

@@ -52,12 +52,14 @@ def test_single_file_is_the_same_model_as_the_diffusers_folder(shapes_model):
     assert single.scaling_factor == pytest.approx(shapes_model.scaling_factor)
 
 
-def test_samples_follow_their_prompts_colour(shapes_model):
-    """Held-out prompts (data seed 1), DDIM 25 steps, CFG 5: the detector reads back the asked colour far
-    above chance (1/8); 16 of these 24 on the shipped weights. Shapes are not reliable yet (bench/RESULTS.md)."""
-    specs = [shapes.spec_for(i, 1) for i in range(24)]
+def test_samples_follow_their_prompts(shapes_model):
+    """Held-out prompts (data seed 1), DDIM 25 steps, CFG 5: the detector reads back the asked colour
+    (chance 1/8) and, less often, the asked shape (chance 1/4). On the shipped weights: colour 62 of these
+    64, shape 27 — at chance, 23 or more shapes happen 3 % of the time (bench/RESULTS.md has 256 prompts)."""
+    specs = [shapes.spec_for(i, 1) for i in range(64)]
     cond = shapes_model.encode_prompts([s.caption for s in specs], 64, 64)
     uncond = shapes_model.encode_prompts([""], 64, 64)
     noise = torch.cat([seed_noise(i, (1, 4, 8, 8)) for i in range(len(specs))])
     images = tensor_to_pils(shapes_model.decode_latents(sample(guided_eps(shapes_model, cond, uncond, 5.0), noise, shapes_model.alphas_cumprod, 25)))
-    assert shapes.accuracy(images, specs)["colour"] >= 0.6
+    accuracy = shapes.accuracy(images, specs)
+    assert accuracy["colour"] >= 0.9 and accuracy["shape"] >= 0.35
