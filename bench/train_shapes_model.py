@@ -315,9 +315,9 @@ def install(folder: Path) -> None:
     from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
 
     report = {k: v for k, v in json.loads((folder.parent / "training_report.json").read_text()).items() if k != "log"}
-    parent_report = Path(report["args"].get("resume_denoiser") or "/nonexistent") / "training_report.json"
-    if parent_report.is_file():  # a continued model keeps the record of the run it continued
-        report["resumed_from"] = json.loads(parent_report.read_text())
+    resumed = report["args"].get("resume_denoiser")
+    if resumed and (Path(resumed) / "training_report.json").is_file():  # a continued model keeps the record of the run it continued
+        report["resumed_from"] = json.loads((Path(resumed) / "training_report.json").read_text())
     shutil.rmtree(DIFFUSERS_DIR, ignore_errors=True)
     shutil.copytree(folder, DIFFUSERS_DIR, ignore=shutil.ignore_patterns("tokenizer.json"))
     (DIFFUSERS_DIR / "training_report.json").write_text(json.dumps(report, indent=1))
