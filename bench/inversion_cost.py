@@ -46,11 +46,11 @@ def main() -> None:
     args = parser.parse_args()
     backend, model = open_model(args.model, device=args.device, dtype=args.dtype)
     sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
-    first_prompt, first_image = test_images(args.size)[0]
-    invert_image(backend, first_image, first_prompt, steps=2, width=args.size, height=args.size, mode="null-text", inner_steps=1)  # warm-up
+    images = test_images(args.size)
+    invert_image(backend, images[0][1], images[0][0], steps=2, width=args.size, height=args.size, mode="null-text", inner_steps=1)  # warm-up
     rows = []
     for mode in ("ddim", "null-text"):
-        for prompt, image in test_images(args.size):
+        for prompt, image in images:
             start = time.perf_counter()
             inversion = invert_image(backend, image, prompt, steps=args.steps, width=args.size, height=args.size, mode=mode, inner_steps=args.inner_steps)
             sync()

@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_smooth import shapes  # noqa: E402
 from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.ddim import guided_eps, sample  # noqa: E402
 from lib_smooth.images import pil_to_tensor, tensor_to_pils  # noqa: E402
-from lib_smooth.interpolate import seed_noise  # noqa: E402
 from lib_smooth.metrics import psnr  # noqa: E402
 from lib_smooth.regularizer import predict_x0  # noqa: E402
+
+from train_shapes_model import sample_latents  # noqa: E402
 
 SIZE = 64
 
@@ -73,9 +73,7 @@ def unet_error(backend, latents: torch.Tensor, specs: list, timesteps: list, std
         noisy = a_t.sqrt().view(-1, 1, 1, 1) * latents + (1 - a_t).sqrt().view(-1, 1, 1, 1) * torch.randn(latents.shape, generator=generator)
         x0 = predict_x0(backend.unet(noisy, torch.full((len(specs),), t), cond), noisy, a_t, "eps")
         x0_error[str(t)] = rms(x0, latents) / std
-    uncond = backend.encode_prompts([""], SIZE, SIZE)
-    noise = torch.cat([seed_noise(i, (1, *latents.shape[1:])) for i in range(len(specs))])  # sample i from seed i, as draw() does
-    samples = sample(guided_eps(backend, cond, uncond, 5.0), noise, backend.alphas_cumprod, 25)
+    samples = sample_latents(backend, specs, 5.0, 25)
     return {"x0_error_by_timestep": x0_error, "ddim_sample_error": rms(samples, latents) / std}
 
 

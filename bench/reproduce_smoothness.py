@@ -25,10 +25,9 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -40,7 +39,8 @@ from lib_smooth.backends import open_model  # noqa: E402
 from lib_smooth.evaluate import evaluate_istd  # noqa: E402
 from lib_smooth.images import pil_to_tensor, tensor_to_pils  # noqa: E402
 from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
-from lib_smooth.lora_formats import load_lora, save_kohya  # noqa: E402
+from lib_smooth.jobs import lora_applied  # noqa: E402
+from lib_smooth.lora_formats import save_kohya  # noqa: E402
 from lib_smooth.metrics import reconstruction_metrics  # noqa: E402
 
 from lora_loop import LoraRun, settling_step, train_lora  # noqa: E402
@@ -98,19 +98,6 @@ def smoothness(backend, args, steps: int) -> dict:
     return {k: getattr(report.mean, k) for k in FIGURES}
 
 
-@contextmanager
-def lora_applied(backend, path: Optional[Path]) -> Iterator[None]:
-    """The backend with the LoRA file at `path` merged (none: the base model), restored afterwards."""
-    if path is None:
-        yield
-        return
-    backend.apply_lora(load_lora(path))
-    try:
-        yield
-    finally:
-        backend.remove_lora()
-
-
 def evaluate(backend, args) -> dict:
     start = time.perf_counter()
     result = {"smoothness": smoothness(backend, args, args.steps),
@@ -131,7 +118,7 @@ def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) 
     bar.close()
     seconds = time.perf_counter() - start
     path = save_kohya(network, work / f"{run.name}.safetensors", overwrite=True)
-    with lora_applied(backend, path):
+    with lora_applied(backend, str(path), 1.0):
         result = evaluate(backend, args)
     result.update(run=asdict(run), training_seconds=round(seconds, 1), seconds_per_step=round(seconds / run.steps, 3),
                   trajectory=log, target_a_settled_at=settling_step(log), lora_file=path.name)
@@ -288,7 +275,7 @@ def remeasure_istd(backend, work: Path, steps: int, args) -> dict:
     for name in tqdm(names, desc=f"ISTD at {steps} steps"):
         record = work / f"istd{steps}_{name}.json"
         if not record.is_file():
-            with lora_applied(backend, None if name == "base" else work / f"{name}.safetensors"):
+            with lora_applied(backend, None if name == "base" else str(work / f"{name}.safetensors"), 1.0):
                 record.write_text(json.dumps(smoothness(backend, args, steps)))
         measured[name] = json.loads(record.read_text())
     if args.shard:

@@ -196,20 +196,27 @@ def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: to
     return unet.eval(), text_encoder.eval()
 
 
-def draw(backend: DiffusersBackend, specs: list, guidance: float, steps: int, first_seed: int = 0) -> list:
-    """DDIM samples for the specs' captions, sample i from the noise of seed first_seed + i, 64 at a time."""
+def sample_latents(backend: DiffusersBackend, specs: list, guidance: float, steps: int, first_seed: int = 0) -> torch.Tensor:
+    """DDIM latents for the specs' captions, sample i from the noise of seed first_seed + i, 64 at a time."""
     from lib_smooth.ddim import guided_eps, sample
-    from lib_smooth.images import tensor_to_pils
     from lib_smooth.interpolate import seed_noise
 
     uncond = backend.encode_prompts([""], IMAGE_SIZE, IMAGE_SIZE)
-    images = []
+    latents = []
     for start in range(0, len(specs), 64):
         chunk = specs[start : start + 64]
         cond = backend.encode_prompts([s.caption for s in chunk], IMAGE_SIZE, IMAGE_SIZE)
         noise = torch.cat([seed_noise(first_seed + start + i, (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)) for i in range(len(chunk))])
-        images += tensor_to_pils(backend.decode_latents(sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)))
-    return images
+        latents.append(sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps))
+    return torch.cat(latents)
+
+
+def draw(backend: DiffusersBackend, specs: list, guidance: float, steps: int, first_seed: int = 0) -> list:
+    """The images of `sample_latents`."""
+    from lib_smooth.images import tensor_to_pils
+
+    latents = sample_latents(backend, specs, guidance, steps, first_seed)
+    return [image for start in range(0, len(latents), 64) for image in tensor_to_pils(backend.decode_latents(latents[start : start + 64]))]
 
 
 def check_samples(backend: DiffusersBackend, count: int, guidance: float, steps: int, seed: int = 1) -> dict:
