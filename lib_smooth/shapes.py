@@ -22,7 +22,9 @@ COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (235, 215, 40),
     "white": (245, 245, 245), "black": (20, 20, 20), "orange": (240, 140, 30), "purple": (140, 60, 180),
 }
-SIZES = {"small": 0.28, "large": 0.5}  # shape extent as a fraction of the image side
+# Shape extent as a fraction of the image side. Not smaller: an 8× VAE keeps a 64 px image in 8×8
+# latents, and a star 18 px across (0.28, the size until 2026-11-26) came back from it as a blob.
+SIZES = {"small": 0.4, "large": 0.58}
 POSITIONS = {"in the centre": (0.5, 0.5), "on the left": (0.3, 0.5), "on the right": (0.7, 0.5), "at the top": (0.5, 0.3), "at the bottom": (0.5, 0.7)}
 
 

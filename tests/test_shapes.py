@@ -27,11 +27,11 @@ def test_detector_reads_back_every_attribute_at_64_px():
 
 def test_detector_reads_blurred_shapes():
     """Gaussian blur of 2 px rounds every corner of a small shape; the best-overlapping shape survives it
-    (89 %; the thresholds on bounding-box fill and solidity used before read 76 %)."""
+    (97.5 %; the thresholds on bounding-box fill and solidity used before read 82.5 %)."""
     from PIL import ImageFilter
 
     images, specs = zip(*samples(200, seed=7, size=64))
-    assert accuracy([image.filter(ImageFilter.GaussianBlur(2)) for image in images], specs)["shape"] >= 0.85
+    assert accuracy([image.filter(ImageFilter.GaussianBlur(2)) for image in images], specs)["shape"] >= 0.9
 
 
 def _drawn(points_or_box, kind: str):

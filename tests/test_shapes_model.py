@@ -53,13 +53,13 @@ def test_single_file_is_the_same_model_as_the_diffusers_folder(shapes_model):
 
 
 def test_samples_follow_their_prompts(shapes_model):
-    """Held-out prompts (data seed 1), DDIM 25 steps, CFG 5: the detector reads back the asked colour
-    (chance 1/8) and, less often, the asked shape (chance 1/4). On the shipped weights: colour 62 of these
-    64, shape 27 — at chance, 23 or more shapes happen 3 % of the time (bench/RESULTS.md has 256 prompts)."""
+    """Held-out prompts (data seed 1), DDIM 25 steps, CFG 5: the detector reads back the asked colour and
+    shape — the issue's target is 80 %. On the shipped weights: 64 of 64 colours, 60 of 64 shapes (the
+    misses are small stars drawn as pentagons); bench/RESULTS.md has 256 prompts."""
     specs = [shapes.spec_for(i, 1) for i in range(64)]
     cond = shapes_model.encode_prompts([s.caption for s in specs], 64, 64)
     uncond = shapes_model.encode_prompts([""], 64, 64)
     noise = torch.cat([seed_noise(i, (1, 4, 8, 8)) for i in range(len(specs))])
     images = tensor_to_pils(shapes_model.decode_latents(sample(guided_eps(shapes_model, cond, uncond, 5.0), noise, shapes_model.alphas_cumprod, 25)))
     accuracy = shapes.accuracy(images, specs)
-    assert accuracy["colour"] >= 0.9 and accuracy["shape"] >= 0.35
+    assert accuracy["colour"] >= 0.9 and accuracy["both"] >= 0.8
