@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     demo.add_argument("--steps", type=int, default=25, help="DDIM steps (default: 25)")
     demo.add_argument("--frames", type=int, default=16, help="frames per interpolation (default: 16)")
-    demo.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: 5, where the built-in model draws its prompts best)")
+    demo.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: 5; the built-in model draws its prompts as well at 3 to 7.5)")
     demo.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64, the built-in model's size)")
     demo.add_argument("--lora", help="Smooth-LoRA file to apply")
     demo.add_argument("--lora-weight", type=float, default=1.0, help="LoRA multiplier (default: 1)")

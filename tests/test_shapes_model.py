@@ -55,7 +55,7 @@ def test_single_file_is_the_same_model_as_the_diffusers_folder(shapes_model):
 def test_samples_follow_their_prompts(shapes_model):
     """Held-out prompts (data seed 1), DDIM 25 steps, CFG 5: the detector reads back the asked colour and
     shape — the issue's target is 80 %. On the shipped weights: 64 of 64 colours, 60 of 64 shapes (the
-    misses are small stars drawn as pentagons); bench/RESULTS.md has 256 prompts."""
+    misses are small stars with blunt points); bench/RESULTS.md has 256 prompts."""
     specs = [shapes.spec_for(i, 1) for i in range(64)]
     cond = shapes_model.encode_prompts([s.caption for s in specs], 64, 64)
     uncond = shapes_model.encode_prompts([""], 64, 64)
