@@ -25,6 +25,8 @@ COLOURS = {
 # Shape extent as a fraction of the image side. Not smaller: an 8× VAE keeps a 64 px image in 8×8
 # latents, and a star 18 px across (0.28, the size until 2026-11-26) came back from it as a blob.
 SIZES = {"small": 0.4, "large": 0.58}
+STAR_INNER_RADIUS = 0.45  # of the outer radius
+SQUARE_HALF_SIDE = 0.9  # of the radius
 POSITIONS = {"in the centre": (0.5, 0.5), "on the left": (0.3, 0.5), "on the right": (0.7, 0.5), "at the top": (0.5, 0.3), "at the bottom": (0.5, 0.7)}
 
 
@@ -52,9 +54,9 @@ def spec_for(index: int, seed: int = 0) -> ShapeSpec:
 def _polygon(shape: str, cx: float, cy: float, radius: float) -> List[Tuple[float, float]]:
     if shape == "triangle":
         return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-    points = []  # five-pointed star, inner radius 0.45 of the outer
+    points = []  # five-pointed star
     for k in range(10):
-        r = radius if k % 2 == 0 else 0.45 * radius
+        r = radius if k % 2 == 0 else STAR_INNER_RADIUS * radius
         angle = -math.pi / 2 + k * math.pi / 5
         points.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
     return points
@@ -64,14 +66,16 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: f
     if shape == "circle":
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
     elif shape == "square":
-        half = radius * 0.9
+        half = radius * SQUARE_HALF_SIDE
         draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=fill)
     else:
         draw.polygon(_polygon(shape, cx, cy, radius), fill=fill)
 
 
-# Area of each shape as _draw draws it, per squared radius; a star is ten triangles with sides 1 and 0.45.
-UNIT_AREA = {"circle": math.pi, "square": 1.8 ** 2, "triangle": 3 * math.sqrt(3) / 4, "star": 5 * 0.45 * math.sin(math.pi / 5)}
+# Area of each shape as _draw draws it, per squared radius; a star is ten triangles with sides 1 and the
+# inner radius, at π/5 between them.
+UNIT_AREA = {"circle": math.pi, "square": (2 * SQUARE_HALF_SIDE) ** 2, "triangle": 3 * math.sqrt(3) / 4,
+             "star": 5 * STAR_INNER_RADIUS * math.sin(math.pi / 5)}
 SUPERSAMPLING = 4
 
 

@@ -68,6 +68,18 @@ def test_detector_reads_shapes_as_a_decoder_distorts_them():
     assert _drawn((16, 18, 48, 46), "ellipse") == "circle"
 
 
+def test_template_areas_match_the_drawn_shapes():
+    """The detector scales each shape to the foreground's area through UNIT_AREA: count the pixels drawn."""
+    from PIL import Image, ImageDraw
+
+    from lib_smooth.shapes import UNIT_AREA, _draw
+
+    for shape in SHAPES:
+        image = Image.new("L", (400, 400), 0)
+        _draw(ImageDraw.Draw(image), shape, 200, 200, 100, 255)
+        assert (np.asarray(image) > 0).sum() / 100**2 == pytest.approx(UNIT_AREA[shape], rel=0.02)
+
+
 def test_detector_on_a_plain_image_finds_nothing():
     from PIL import Image
 
