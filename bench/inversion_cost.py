@@ -47,7 +47,8 @@ def main() -> None:
     backend, model = open_model(args.model, device=args.device, dtype=args.dtype)
     sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
     images = test_images(args.size)
-    invert_image(backend, images[0][1], images[0][0], steps=2, width=args.size, height=args.size, mode="null-text", inner_steps=1)  # warm-up
+    first_prompt, first_image = images[0]
+    invert_image(backend, first_image, first_prompt, steps=2, width=args.size, height=args.size, mode="null-text", inner_steps=1)  # warm-up
     rows = []
     for mode in ("ddim", "null-text"):
         for prompt, image in images:
