@@ -156,9 +156,16 @@ def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Ten
 
 
 @torch.no_grad()
-def encode_all(vae: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    means = [vae.encode(to_unit(images[i : i + batch])).latent_dist.mode() for i in range(0, len(images), batch)]
-    return torch.cat(means)
+def encode_all(vae: torch.nn.Module, images: torch.Tensor, captions: list[str], batch: int = 256) -> torch.Tensor:
+    """The posterior means of all images, each distinct image encoded once: a caption fixes its image
+    (shapes.render), and 10,000 draws hold only about 2,200 distinct ones."""
+    first_index = {}
+    for index, caption in enumerate(captions):
+        first_index.setdefault(caption, index)
+    distinct = images[list(first_index.values())]
+    means = torch.cat([vae.encode(to_unit(distinct[i : i + batch])).latent_dist.mode() for i in range(0, len(distinct), batch)])
+    slot = {caption: k for k, caption in enumerate(first_index)}
+    return means[[slot[caption] for caption in captions]]
 
 
 def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int, lr: float, log: list,
@@ -266,7 +273,7 @@ def main() -> None:
     if args.vae_steps:
         vae = train_vae(images, args.vae_steps, args.vae_full_size_steps, 16, 1e-3, log, vae, args.latent_noise)
     needs_latents = args.vae_steps or args.decoder_steps or args.unet_steps or not args.resume_denoiser
-    latents = encode_all(vae, images) if needs_latents else None
+    latents = encode_all(vae, images, captions) if needs_latents else None
     if args.vae_steps:
         vae.register_to_config(scaling_factor=float(1 / latents.std()))
     if args.decoder_steps:

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from train_shapes_model import cosine_lr, min_snr_weights, with_latent_noise  # noqa: E402
+from train_shapes_model import cosine_lr, encode_all, min_snr_weights, with_latent_noise  # noqa: E402
 
 
 def test_latent_noise_is_off_at_zero_and_scales_with_the_latents_std():
@@ -35,12 +35,29 @@ def test_cosine_lr_warms_up_then_falls_to_its_floor():
     assert cosine_lr(100, 100, 10, floor=0.1) == pytest.approx(0.1)
 
 
+def test_encode_all_encodes_each_caption_once_and_puts_its_latents_everywhere():
+    from diffusers import AutoencoderKL
+
+    from lib_smooth.backends.shapes_model import VAE_CONFIG
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**VAE_CONFIG).eval()
+    a, b = torch.randint(256, (2, 1, 3, 64, 64), dtype=torch.uint8)
+    encoded = []
+    vae.encode = lambda x, encode=vae.encode: encoded.append(len(x)) or encode(x)
+    latents = encode_all(vae, torch.cat([a, b, a, a]), ["a", "b", "a", "a"])
+    assert encoded == [2]
+    with torch.no_grad():
+        one_by_one = [vae.encode(x.float() / 127.5 - 1).latent_dist.mode() for x in (a, b)]
+    torch.testing.assert_close(latents, torch.cat([one_by_one[0], one_by_one[1], one_by_one[0], one_by_one[0]]))
+
+
 def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
     """A few steps of each stage on 8 images: the VAE's L1 falls, the decoder stage keeps the latents'
     shape, and the denoiser stage returns a UNet and text encoder that take the CLIP tokens."""
     from transformers import CLIPTokenizer
 
-    from train_shapes_model import encode_all, render_dataset, train_decoder, train_denoiser, train_vae
+    from train_shapes_model import render_dataset, train_decoder, train_denoiser, train_vae
 
     torch.manual_seed(0)
     images, captions = render_dataset(8, seed=0)
@@ -48,7 +65,7 @@ def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
     vae = train_vae(images, steps=30, full_size_steps=2, batch=8, lr=1e-3, log=log)
     first, last = [entry["l1"] for entry in log if entry["stage"] == "vae"][::len(log) - 1]
     assert last < 0.85 * first  # 0.62 → 0.47 on this seed
-    latents = encode_all(vae, images)
+    latents = encode_all(vae, images, captions)
     assert latents.shape == (8, 4, 8, 8)
     train_decoder(vae, latents, images, steps=2, batch=4, lr=5e-4, log=log, latent_noise=0.25)
     assert [entry["stage"] for entry in log].count("decoder") == 2
