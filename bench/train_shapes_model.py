@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--resume-vae", help="a VAE folder written by an earlier run, to train further instead of from scratch")
     parser.add_argument("--decoder-steps", type=int, default=0, help="then train the VAE decoder alone (latents unchanged)")
     parser.add_argument("--unet-steps", type=int, default=2400)
+    parser.add_argument("--unet-lr", type=float, default=1e-3, help="peak learning rate of the text encoder + UNet stage")
     parser.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-γ loss weights for the UNet (shipped model: none)")
     parser.add_argument("--resume-denoiser", help="a diffusers folder written by an earlier run: start from its text encoder and UNet "
                                                    "(with --unet-steps 0: take them as they are)")
@@ -297,7 +298,7 @@ def main() -> None:
         text_encoder = CLIPTextModel.from_pretrained(Path(args.resume_denoiser) / "text_encoder", local_files_only=True).float().eval()
     if args.unet_steps:
         unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch,
-                                            1e-3, log, args.min_snr_gamma, start_from=(unet, text_encoder) if unet is not None else None)
+                                            args.unet_lr, log, args.min_snr_gamma, start_from=(unet, text_encoder) if unet is not None else None)
     timings["denoiser_s"] = time.perf_counter() - start
 
     from lib_smooth.backends.tiny import save_diffusers_folder
