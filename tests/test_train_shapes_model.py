@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from train_shapes_model import cosine_lr, encode_all, min_snr_weights, with_latent_noise  # noqa: E402
+from train_shapes_model import check_vae, cosine_lr, encode_all, min_snr_weights, with_latent_noise  # noqa: E402
 
 
 def test_latent_noise_is_off_at_zero_and_scales_with_the_latents_std():
@@ -50,6 +50,19 @@ def test_encode_all_encodes_each_caption_once_and_puts_its_latents_everywhere():
     with torch.no_grad():
         one_by_one = [vae.encode(x.float() / 127.5 - 1).latent_dist.mode() for x in (a, b)]
     torch.testing.assert_close(latents, torch.cat([one_by_one[0], one_by_one[1], one_by_one[0], one_by_one[0]]))
+
+
+def test_check_vae_reads_shapes_back_through_the_vae():
+    from types import SimpleNamespace
+
+    def vae_keeping(keep):  # encode to the pixels themselves; decode through `keep`
+        return SimpleNamespace(encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x)),
+                               decode=lambda z: SimpleNamespace(sample=keep(z)))
+
+    assert check_vae(vae_keeping(lambda z: z), 40) == {"colour": 1.0, "shape": 1.0, "both": 1.0, "count": 40}
+    # A decoder that keeps only the picture's mean colour keeps no shape
+    flat = check_vae(vae_keeping(lambda z: z.mean(dim=(2, 3), keepdim=True).expand_as(z)), 40)
+    assert flat["shape"] <= 0.5 and flat["count"] == 40
 
 
 def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
