@@ -244,10 +244,9 @@ def check_vae(vae: torch.nn.Module, count: int, seed: int = 1) -> dict:
     denoiser's samples can reach."""
     from lib_smooth.images import tensor_to_pils
 
-    images, specs = zip(*shapes.samples(count, seed, IMAGE_SIZE))
-    pixels = to_unit(torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2))
-    round_trip = tensor_to_pils(vae.decode(vae.encode(pixels).latent_dist.mode()).sample)
-    return shapes.accuracy(round_trip, list(specs))
+    images, captions = render_dataset(count, seed)
+    round_trip = tensor_to_pils(vae.decode(encode_all(vae, images, captions)).sample)
+    return shapes.accuracy(round_trip, [shapes.spec_for(i, seed) for i in range(count)])
 
 
 def main() -> None:
