@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -53,8 +54,6 @@ def test_encode_all_encodes_each_caption_once_and_puts_its_latents_everywhere():
 
 
 def test_check_vae_reads_shapes_back_through_the_vae():
-    from types import SimpleNamespace
-
     def vae_keeping(keep):  # encode to the pixels themselves; decode through `keep`
         return SimpleNamespace(encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x)),
                                decode=lambda z: SimpleNamespace(sample=keep(z)))
@@ -89,3 +88,51 @@ def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
     before = unet.conv_in.weight.detach().clone()
     continued = train_denoiser(latents, ids, ids[0], steps=2, batch=4, lr=1e-3, log=log, start_from=(unet, text_encoder))
     assert continued[0] is unet and not torch.equal(unet.conv_in.weight, before)  # went on training the given pair
+
+
+def test_the_decoder_stage_beside_the_unet_trains_only_the_decoder_and_gives_the_threads_back(tmp_path, tokenizer_dir):
+    """The decoder stage in its own process while the UNet trains: it writes a VAE whose encoder (so the
+    UNet's latents) is unchanged and whose decoder moved, its log comes back, and the UNet stage takes
+    its threads back once the decoder process has ended."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from train_shapes_model import finish_decoder_beside, render_dataset, start_decoder_beside, watch_decoder, train_denoiser, train_vae
+
+    torch.manual_seed(0)
+    images, captions = render_dataset(8, seed=0)
+    vae = train_vae(images, steps=2, full_size_steps=1, batch=4, lr=1e-3, log=[])
+    latents = encode_all(vae, images, captions)
+    before = {name: value.detach().clone() for name, value in vae.state_dict().items()}
+    threads = torch.get_num_threads()
+    log: list = []
+    decoder = start_decoder_beside(vae, latents, images, steps=3, seed=1, latent_noise=0.0, out=tmp_path)
+    torch.set_num_threads(1)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    decoder.join()  # so the hook's first call sees it ended
+    train_denoiser(latents, ids, ids[0], steps=1, batch=4, lr=1e-3, log=log, every_step=watch_decoder(decoder, threads))
+    assert torch.get_num_threads() == threads
+    trained = finish_decoder_beside(decoder, tmp_path, log)
+    assert [entry["step"] for entry in log if entry["stage"] == "decoder"] == [0, 2]  # logged every 25th and the last
+    after = AutoencoderKL.from_pretrained(tmp_path / "vae").state_dict()
+    assert all(torch.equal(after[name], before[name]) for name in before if name.startswith(("encoder.", "quant_conv.")))
+    assert not torch.equal(after["decoder.conv_out.weight"], before["decoder.conv_out.weight"])
+    torch.testing.assert_close(trained.state_dict()["decoder.conv_out.weight"], after["decoder.conv_out.weight"])
+
+
+def test_the_decoder_watch_waits_for_the_process_and_stops_the_run_when_it_failed():
+    from train_shapes_model import watch_decoder
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        running = SimpleNamespace(is_alive=lambda: True, exitcode=None)
+        watch_decoder(running, 2)()
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit, match="exit code 1"):
+            watch_decoder(SimpleNamespace(is_alive=lambda: False, exitcode=1), 2)()
+        watch_decoder(SimpleNamespace(is_alive=lambda: False, exitcode=0), 2)()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
