@@ -3,7 +3,7 @@
     python bench/train_shapes_model.py --out /tmp/shapes-train [--install]
 
 The defaults are a recipe that trains the model from scratch in 45 minutes on two cores (measured:
-43.3); the result draws colour and shape right for 86 % of held-out prompts (bench/RESULTS.md, "From
+43.3); the result draws colour and shape right for 86 % of held-out prompts (seed 1: 73 %; bench/RESULTS.md, "From
 scratch in 45 minutes"; the shipped weights trained longer, 97 %). The stages, each the textbook
 recipe at small scale:
 1. VAE: L1 + MSE + an L1 on image differences (edges) plus a tiny KL term (SD's VAE used 1e-6 with
