@@ -56,9 +56,9 @@ def decoder_step_s(threads: int, start=None) -> float:
     if start:
         start.wait()
     train_decoder(vae, latents, images, SKIPPED, 16, 5e-4, [])
-    start = time.perf_counter()
+    began = time.perf_counter()
     train_decoder(vae, latents, images, DECODER_STEPS, 16, 5e-4, [])
-    return (time.perf_counter() - start) / DECODER_STEPS
+    return (time.perf_counter() - began) / DECODER_STEPS
 
 
 def one_thread_beside(stage: str, start, results) -> None:

@@ -185,13 +185,17 @@ def start_decoder_beside(vae: torch.nn.Module, latents: torch.Tensor, images: to
     return process
 
 
+def stop_if_failed(process) -> None:
+    if process.exitcode != 0:
+        raise SystemExit(f"the decoder stage failed (exit code {process.exitcode}); its error is printed above")
+
+
 def finish_decoder_beside(process, out: Path, log: list) -> torch.nn.Module:
     """Wait for the decoder process; its VAE and log entries."""
     from diffusers import AutoencoderKL
 
     process.join()
-    if process.exitcode != 0:
-        raise SystemExit(f"the decoder stage failed (exit code {process.exitcode}); its error is printed above")
+    stop_if_failed(process)
     log.extend(json.loads((out / "decoder_log.json").read_text()))
     return AutoencoderKL.from_pretrained(out / "vae", local_files_only=True).eval()
 
@@ -201,8 +205,7 @@ def watch_decoder(process, threads: int):
     (rather than after the UNet's half hour), else take all `threads` again."""
     def check() -> None:
         if torch.get_num_threads() < threads and not process.is_alive():
-            if process.exitcode != 0:
-                raise SystemExit(f"the decoder stage failed (exit code {process.exitcode}); its error is printed above")
+            stop_if_failed(process)
             torch.set_num_threads(threads)
     return check
 
