@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from . import __version__
 from .errors import SmoothDiffusionError
 from .export import ANIMATION_FORMATS, write_animation, write_json, write_pngs
-from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, validate
+from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, RequestError, image_file_to_field, number, validate
 from .metrics import EXPLANATIONS
 
 JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
@@ -36,7 +36,7 @@ def _add_request_options(parser: argparse.ArgumentParser, cls: type) -> None:
         meta, flag = spec.metadata, "--" + spec.name.replace("_", "-")
         help_text = meta["help"]
         if meta.get("low") is not None:
-            help_text += f" [{meta['low']:g}..{meta['high']:g}]"
+            help_text += f" [{number(meta['low'])}..{number(meta['high'])}]"
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
         kwargs: dict[str, Any] = {"dest": spec.name, "default": default, "help": help_text + f" (default: {default!r})"}
@@ -68,7 +68,7 @@ def _add_output_options(parser: argparse.ArgumentParser, default_out: str, anima
     group.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     if animation:
         group.add_argument("--formats", nargs="+", default=["gif"], choices=ANIMATION_FORMATS, help="animation formats; mp4 needs ffmpeg on PATH (default: gif)")
-        group.add_argument("--fps", type=float, default=16.0, help="animation frame rate (official demo: 16)")
+        group.add_argument("--fps", type=frame_rate, default=16.0, help="animation frame rate, 1 to 60 (official demo: 16)")
         group.add_argument("--cache-dir", help="keep inverted latents here so later runs skip the inversion")
 
 
@@ -112,7 +112,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def frame_rate(text: str) -> float:
+    """--fps: checked when parsing, not after every frame has been sampled."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 60, got {text}")
+    return value
+
+
 # --- running -------------------------------------------------------------------------------------
+
+def check_device(name: str) -> None:
+    """Refuse a device torch cannot use before the model loads."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RequestError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RequestError(f"--device {name}: this torch has no usable CUDA GPU (torch {torch.__version__}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RequestError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RequestError(f"--device {name}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise RequestError(f"--device {name}: only cpu, cuda and mps are supported")
+
+
+def prepare_output_folder(path: str) -> Path:
+    """Create the output folder and prove it is writable, before any work that would be lost."""
+    import tempfile
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise RequestError(f"cannot write to the output folder {path}: {error.strerror or error}") from None
+    return folder
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    from .export import mp4_available
+
+    if "mp4" in formats and not mp4_available():
+        raise RequestError("--formats mp4 needs the ffmpeg executable on PATH (e.g. apt-get install ffmpeg); gif and webp work without it")
+
 
 def progress_bar(description: str):
     from tqdm import tqdm
@@ -136,7 +186,14 @@ def load_backend(args: argparse.Namespace):
 
 
 def _request_from_args(cls: type, args: argparse.Namespace):
-    return validate(cls(**{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(cls)}))
+    """The job's request from the command line; image options are paths, read here into the request."""
+    values = {}
+    for spec in dataclasses.fields(cls):
+        value = getattr(args, spec.name)
+        if spec.metadata.get("kind") == "image" and value:
+            value = image_file_to_field(spec.name, value)
+        values[spec.name] = value
+    return validate(cls(**values))
 
 
 def run_job(name: str, args: argparse.Namespace) -> dict:
@@ -144,9 +201,11 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     from .jobs import run_interpolate, run_invert, run_istd
 
     request = _request_from_args(JOBS[name], args)
+    check_device(args.device)
+    if name == "interpolate":
+        check_formats(args.formats)
+    out = prepare_output_folder(args.out)
     backend, _ = load_backend(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     bar, update = progress_bar(name)
     try:
         if name == "interpolate":
@@ -233,9 +292,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "make-tokenizer":
             from .backends.clip_tokenizer import write_clip_tokenizer
 
-            print(f"wrote the CLIP tokenizer to {write_clip_tokenizer(Path(args.folder), args.pad_token)}")
+            print(f"wrote the CLIP tokenizer to {write_clip_tokenizer(prepare_output_folder(args.folder), args.pad_token)}")
     except (SmoothDiffusionError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file the user named cannot be written or read (read-only folder, a file where a folder is expected)
+        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -31,9 +31,10 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 
 def ddim_timesteps(steps: int, train_steps: int = 1000) -> List[int]:
     """The n DDIM timesteps in sampling order (descending), e.g. 50 → [981, 961, …, 1]."""
-    if not 1 <= steps <= train_steps:
-        raise ValueError(f"steps must be in 1..{train_steps}, got {steps}")
-    stride = train_steps // steps
+    stride = train_steps // steps if steps >= 1 else 0
+    # the last timestep (steps − 1)·stride + 1 must exist: 1000 steps of a 1000-step schedule would need t = 1000
+    if steps < 1 or (steps - 1) * stride + 1 > train_steps - 1:
+        raise ValueError(f"steps must be in 1..{train_steps - 1}, got {steps}")
     return [i * stride + 1 for i in reversed(range(steps))]
 
 

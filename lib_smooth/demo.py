@@ -15,7 +15,7 @@ from .export import write_animation, write_json, write_pngs
 from .images import png_bytes
 from .jobs import run_interpolate, run_invert
 from .metrics import EXPLANATIONS, smoothness
-from .requests import InterpolateRequest, InvertRequest
+from .requests import InterpolateRequest, InvertRequest, validate
 from .shapes import ShapeSpec, render
 
 
@@ -24,19 +24,21 @@ def _b64(image: Image.Image) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from .cli import progress_bar, load_backend
+    from .cli import check_device, load_backend, prepare_output_folder, progress_bar
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    backend, description = load_backend(args)
     size, common = args.size, dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
     circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
     square = ShapeSpec("square", "green", "yellow", "large", "in the centre")
-    cache = InversionCache()
     jobs = {
         "seeds": InterpolateRequest(prompt_a=circle.caption, seed_a=1, seed_b=2, frames=args.frames, **common),
         "prompts": InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, seed_a=3, seed_b=3, frames=args.frames, **common),
     }
+    for request in jobs.values():  # bad settings are refused before the model loads
+        validate(request)
+    check_device(args.device)
+    out = prepare_output_folder(args.out)
+    backend, description = load_backend(args)
+    cache = InversionCache()
     report: dict = {"model": description, "model_hash": backend.identity, "interpolations": {}}
     results = {}
     for name, request in jobs.items():

@@ -30,7 +30,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .errors import CorruptLoraError, LoraArchitectureError, NotALoraError
+from .errors import CorruptLoraError, LoraArchitectureError, LoraError, NotALoraError
 from .ldm_names import unet_name
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_")
@@ -216,6 +216,8 @@ def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, st
 def load_lora(path: str | Path, arch: Optional[str] = None) -> LoraNetwork:
     """Read a LoRA file (.safetensors, or .pt/.bin/.ckpt tensor dicts) in any supported format."""
     path = Path(path)
+    if path.is_dir():
+        raise LoraError(f"{path} is a folder; give the LoRA file itself (.safetensors, .pt, .ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     data = path.read_bytes()

@@ -11,9 +11,9 @@ import base64
 import binascii
 import dataclasses
 import io
-import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,10 +21,13 @@ from .errors import RequestError
 from .invert import INVERSION_MODES
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# Refused before decoding: inputs are resized to at most 2048 px anyway, and a 144 Mpx PNG decodes to ≈ 430 MB.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
-def option(default: Any, help: str, low: Optional[float] = None, high: Optional[float] = None, choices: Optional[tuple] = None, multiple_of: int = 0, **extra: Any):
-    """A dataclass field with the metadata the CLI and validation read."""
+def option(default: Any, help: str, low: Optional[float] = None, high: Optional[float] = None, choices: Optional[tuple] = None,
+           multiple_of: Optional[int] = None, **extra: Any):
+    """A dataclass field with the metadata the CLI and validation read (None: no such limit)."""
     metadata = {"help": help, "low": low, "high": high, "choices": choices, "multiple_of": multiple_of, **extra}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -40,7 +43,7 @@ class ModelOptions:
 @dataclass
 class SamplingOptions:
     negative_prompt: str = option("", "negative prompt (the unconditional branch of guidance)")
-    steps: int = option(50, "DDIM steps", 1, 1000)
+    steps: int = option(50, "DDIM steps", 1, 999)
     guidance: float = option(7.5, "classifier-free guidance scale for sampling", 1.0, 30.0)
     width: int = option(512, "image width in pixels", 64, 2048, multiple_of=8)
     height: int = option(512, "image height in pixels", 64, 2048, multiple_of=8)
@@ -50,8 +53,8 @@ class SamplingOptions:
 class InterpolateRequest(SamplingOptions, ModelOptions):
     prompt_a: str = option("", "prompt of the first end (and of both ends unless prompt_b is given)")
     prompt_b: str = option("", "prompt of the last end; its text conditioning is blended linearly")
-    image_a: Optional[str] = option(None, "image of the first end (path or base64); inverted, else seed_a's noise is used", kind="image")
-    image_b: Optional[str] = option(None, "image of the last end (path or base64); inverted, else seed_b's noise is used", kind="image")
+    image_a: Optional[str] = option(None, "image of the first end (base64 PNG/JPEG or data URL; the CLI takes a path); inverted, else seed_a's noise is used", kind="image")
+    image_b: Optional[str] = option(None, "image of the last end (base64 PNG/JPEG or data URL; the CLI takes a path); inverted, else seed_b's noise is used", kind="image")
     seed_a: int = option(0, "seed of the first end's noise when it has no image", 0, 2**32 - 1)
     seed_b: int = option(1, "seed of the last end's noise when it has no image", 0, 2**32 - 1)
     frames: int = option(24, "number of frames, ends included (official demo: 24)", 2, 240)
@@ -69,11 +72,13 @@ class InterpolateRequest(SamplingOptions, ModelOptions):
             raise RequestError("inversion dual-null-text needs both image_a and image_b")
         if not self.image_a and not self.image_b and self.seed_a == self.seed_b and self.prompt_b in ("", self.prompt_a):
             raise RequestError("both ends are the same (same seed, same prompt): change seed_b or give prompt_b")
+        if self.inversion != "ddim" and not (self.image_a or self.image_b):
+            raise RequestError(f"inversion {self.inversion} applies to image ends, and neither image_a nor image_b is given")
 
 
 @dataclass
 class InvertRequest(SamplingOptions, ModelOptions):
-    image: Optional[str] = option(None, "image to invert (path or base64)", kind="image", required=True)
+    image: Optional[str] = option(None, "image to invert (base64 PNG/JPEG or data URL; the CLI takes a path)", kind="image", required=True)
     prompt: str = option("", "source prompt describing the image")
     inversion_guidance: float = option(1.0, "guidance while inverting (paper: 1)", 1.0, 30.0)
     inversion: str = option("ddim", "inversion mode: ddim (fast), ddim-no-text, null-text (official demo's default, "
@@ -108,9 +113,27 @@ class IstdRequest(SamplingOptions, ModelOptions):
     def check(self) -> None:
         if not [p for p in self.prompts if p.strip()]:
             raise RequestError("give at least one non-empty prompt")
+        if self.compare_without_lora and not self.lora:
+            raise RequestError("compare_without_lora needs a lora to compare with")
 
 
 R = TypeVar("R")
+
+
+def field_meta(cls: type, name: str) -> Dict[str, Any]:
+    """One field's metadata (help, limits, choices): what the UI builds its controls from."""
+    return dict(next(spec.metadata for spec in dataclasses.fields(cls) if spec.name == name))
+
+
+def number(value: float) -> str:
+    """A limit as people write it: 4294967295, not 4.29497e+09; 0.5 stays 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def type_name(spec: dataclasses.Field) -> str:
+    """The field's type as written in the dataclass, without Optional: "int", "List[str]"."""
+    kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    return kind[len("Optional["):-1] if kind.startswith("Optional[") else kind
 
 
 def validate(request: Any) -> Any:
@@ -124,7 +147,7 @@ def validate(request: Any) -> Any:
         if meta.get("choices") and value not in meta["choices"]:
             raise RequestError(f"{spec.name} must be one of {', '.join(meta['choices'])}; got {value!r}")
         if meta.get("low") is not None and not meta["low"] <= value <= meta["high"]:
-            raise RequestError(f"{spec.name} must be between {meta['low']:g} and {meta['high']:g}; got {value}")
+            raise RequestError(f"{spec.name} must be between {number(meta['low'])} and {number(meta['high'])}; got {value}")
         if meta.get("multiple_of") and value % meta["multiple_of"]:
             raise RequestError(f"{spec.name} must be a multiple of {meta['multiple_of']}; got {value}")
     request.check()
@@ -144,16 +167,17 @@ def from_dict(cls: Type[R], data: Dict[str, Any]) -> R:
 
 
 def _coerce(name: str, spec: dataclasses.Field, value: Any) -> Any:
-    kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    """JSON values as the field's type; numbers must be JSON numbers ("3" is a string, not an int)."""
+    kind = type_name(spec)
     if value is None:
         return None
     try:
         if kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if kind == "float":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError
             return float(value)
         if kind == "bool":
@@ -168,20 +192,61 @@ def _coerce(name: str, spec: dataclasses.Field, value: Any) -> Any:
             raise ValueError
         return value
     except (TypeError, ValueError):
-        raise RequestError(f"{name} must be of type {kind.replace('Optional[', '').rstrip(']')}; got {value!r}") from None
+        raise RequestError(f"{name} must be of type {kind}; got {value!r}") from None
 
 
-def open_image_field(name: str, value: str) -> Image.Image:
-    """An image field's value as a PIL image: an existing file path, or base64 (a data URL is accepted)."""
+def open_image_field(name: str, value: Union[str, Image.Image]) -> Image.Image:
+    """An image field's value as an RGB PIL image: base64 PNG/JPEG (a data URL is accepted) or, from
+    Python, a PIL image. Never a path: a request must not make the server read its own files (the CLI
+    reads the user's files itself, see :func:`image_file_to_field`)."""
+    if isinstance(value, Image.Image):
+        return _checked_pixels(name, value).convert("RGB")
+    refusal = f"{name} must be a base64-encoded PNG/JPEG image or a data URL (data:image/png;base64,...)"
+    if not isinstance(value, str):
+        raise RequestError(refusal)
+    payload = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
-        if len(value) < 4096 and os.path.isfile(value):
-            return Image.open(value).convert("RGB")
-        payload = value.split(",", 1)[1] if value.startswith("data:") else value
         raw = base64.b64decode(payload, validate=True)
-        if len(raw) > MAX_IMAGE_BYTES:
-            raise RequestError(f"{name} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
-        return Image.open(io.BytesIO(raw)).convert("RGB")
-    except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as error:
-        if isinstance(error, RequestError):
-            raise
-        raise RequestError(f"{name} is neither an image file path nor a base64-encoded image ({type(error).__name__})") from None
+    except (binascii.Error, ValueError):
+        raise RequestError(refusal) from None
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise RequestError(f"{name} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+    try:
+        return _checked_pixels(name, Image.open(io.BytesIO(raw))).convert("RGB")
+    except RequestError:
+        raise
+    except Image.DecompressionBombError:
+        raise RequestError(f"{name} has far more than {MAX_IMAGE_PIXELS // 10**6} megapixels") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise RequestError(refusal) from None
+
+
+def _checked_pixels(name: str, image: Image.Image) -> Image.Image:
+    """Refuse an image above MAX_IMAGE_PIXELS from its header, before its pixels are decoded."""
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise RequestError(f"{name} is {image.width}×{image.height} px; images up to {MAX_IMAGE_PIXELS // 10**6} megapixels are accepted "
+                           "(they are resized to the job's size anyway)")
+    return image
+
+
+def image_file_to_field(name: str, path: str) -> str:
+    """The CLI's form: read an image file the user named and return it as a data URL for the request."""
+    file = Path(path)
+    if not file.exists():
+        raise RequestError(f"{name}: file not found: {path}")
+    if not file.is_file():
+        raise RequestError(f"{name}: {path} is a folder, not an image file")
+    try:
+        with Image.open(file) as image:
+            _checked_pixels(name, image)
+            fmt = image.format
+    except Image.DecompressionBombError:
+        raise RequestError(f"{name}: {path} has far more than {MAX_IMAGE_PIXELS // 10**6} megapixels") from None
+    except UnidentifiedImageError:
+        raise RequestError(f"{name}: {path} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+    except OSError as error:
+        raise RequestError(f"{name}: cannot read {path}: {error.strerror or error}") from None
+    data = file.read_bytes()
+    if len(data) > MAX_IMAGE_BYTES:
+        raise RequestError(f"{name}: {path} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+    return f"data:image/{(fmt or 'png').lower()};base64," + base64.b64encode(data).decode()

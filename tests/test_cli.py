@@ -54,7 +54,48 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["convert-lora", str(tmp_path / "missing.safetensors"), str(tmp_path / "out.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["invert", "--image", str(tmp_path / "nope.png"), "--out", str(tmp_path)]) == 2
-    assert "neither an image file path nor a base64" in capsys.readouterr().err
+    assert "image: file not found" in capsys.readouterr().err
+    assert main(["interpolate", "--prompt-a", "a", "--lora", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "is a folder; give the LoRA file itself" in capsys.readouterr().err
+
+
+def test_bad_command_lines_end_in_an_error_message_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import lib_smooth.backends
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load for a bad command line")
+
+    monkeypatch.setattr(lib_smooth.backends, "open_model", no_model)
+    monkeypatch.setattr("lib_smooth.export.mp4_available", lambda: False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    interpolate = ["interpolate", "--prompt-a", "a", "--out", str(tmp_path / "out")]
+    cases = [
+        (interpolate[:-1] + [str(blocker / "under")], "cannot write to the output folder"),
+        (["invert", "--image", str(blocker), "--prompt", "a"], "is not an image PIL can read"),
+        (["make-tokenizer", str(blocker / "tok")], "cannot write to the output folder"),
+        (["demo", "--out", str(blocker / "demo")], "cannot write to the output folder"),
+        (["demo", "--frames", "0", "--out", str(tmp_path / "demo")], "frames must be between 2 and 240"),
+        (interpolate + ["--device", "banana"], "unknown --device 'banana'"),
+        (interpolate + ["--device", "cuda:7"], "--device cuda:7"),
+        (interpolate + ["--formats", "mp4"], "--formats mp4 needs the ffmpeg executable"),
+        (interpolate + ["--steps", "1000"], "steps must be between 1 and 999"),
+        (["istd", "--compare-without-lora", "--out", str(tmp_path / "istd")], "compare_without_lora needs a lora"),
+        (interpolate + ["--inversion", "null-text"], "inversion null-text applies to image ends"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_a_bad_frame_rate_is_refused_when_parsing(capsys):
+    import pytest
+
+    for fps in ("0", "-3", "fast"):
+        with pytest.raises(SystemExit) as stop:
+            build_parser().parse_args(["interpolate", "--prompt-a", "a", "--fps", fps])
+        assert stop.value.code == 2
+        assert "--fps" in capsys.readouterr().err
 
 
 def test_convert_and_inspect_lora(tmp_path, capsys):

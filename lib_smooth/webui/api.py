@@ -17,7 +17,7 @@ from ..cache import InversionCache
 from ..errors import Interrupted, RequestError, SmoothDiffusionError
 from ..images import png_bytes
 from ..metrics import EXPLANATIONS
-from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, from_dict
+from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, field_meta, from_dict
 
 PREFIX = "/smooth-diffusion/v1"
 JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
@@ -171,13 +171,13 @@ def register(app) -> None:
         app.add_api_route(f"{PREFIX}/{name}", job_route(name), methods=["POST"], dependencies=dependencies)
 
     def version():
-        return {"version": __version__, "jobs": sorted(JOBS), "inversion_modes": ["ddim", "ddim-no-text", "null-text", "dual-null-text"]}
+        return {"version": __version__, "jobs": sorted(JOBS), "inversion_modes": list(field_meta(InterpolateRequest, "inversion")["choices"])}
 
     def loras(refresh_list: bool = False):
         return {"loras": refresh() if refresh_list else available()}
 
     def fields():
-        return {name: {spec.name: {k: v for k, v in spec.metadata.items() if v not in (None, 0)}
+        return {name: {spec.name: {k: v for k, v in spec.metadata.items() if v is not None}
                        for spec in dataclasses.fields(cls)} for name, cls in JOBS.items()}
 
     app.add_api_route(f"{PREFIX}/version", version, methods=["GET"], dependencies=dependencies)

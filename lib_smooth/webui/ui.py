@@ -134,7 +134,8 @@ def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative
 def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidance, width, height, seed):
     prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
     request = validate(IstdRequest(prompts=prompts, pairs=int(pairs), points=int(points), steps=int(steps), guidance=float(guidance),
-                                   width=int(width), height=int(height), seed=int(seed), compare_without_lora=True, **_lora_fields(lora, weight)))
+                                   width=int(width), height=int(height), seed=int(seed), compare_without_lora=lora not in (None, "", NONE),
+                                   **_lora_fields(lora, weight)))
     result = execute("istd", request)
     reports = [("with LoRA" if request.lora else "checkpoint", result["istd"])]
     if "istd_without_lora" in result:
