@@ -19,7 +19,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from lib_smooth.lora_formats import LoraLayer, LoraNetwork, kohya_name
+from lib_smooth.lora_apply import unet_layout
+from lib_smooth.lora_formats import LoraLayer, LoraNetwork, UnetLayout, kohya_name
 from lib_smooth.regularizer import StepwiseVariationRegularizer, check_training_settings, double_backward_attention, predict_x0, variation_norm
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -70,9 +71,10 @@ def lora_parameters(layers: Dict[str, LoraLinear]) -> List[nn.Parameter]:
     return [p for layer in layers.values() for p in (layer.down, layer.up)]
 
 
-def to_network(layers: Dict[str, LoraLinear], run: LoraRun, metadata: Dict[str, str]) -> LoraNetwork:
+def to_network(layers: Dict[str, LoraLinear], run: LoraRun, metadata: Dict[str, str], layout: UnetLayout) -> LoraNetwork:
+    """kohya names for the UNet's own layout: ldm names on shapes-sd1, which the WebUI would misread otherwise."""
     return LoraNetwork(
-        {kohya_name("unet", path, "sd1"): LoraLayer(layer.down.detach().clone(), layer.up.detach().clone(), float(run.rank))
+        {kohya_name("unet", path, "sd1", layout): LoraLayer(layer.down.detach().clone(), layer.up.detach().clone(), float(run.rank))
          for path, layer in layers.items()},
         "kohya", {**metadata, **{f"smooth_{k}": str(v) for k, v in asdict(run).items()}},
     )
@@ -130,7 +132,7 @@ def train_lora(
                 log.append({"step": step, "loss": loss.item(), **{k: v for k, v in stats.items() if not math.isnan(v)}})
             if on_step:
                 on_step(step)
-    return to_network(layers, run, {"ss_base_model_version": "sd_v1"}), log
+    return to_network(layers, run, {"ss_base_model_version": "sd_v1"}, unet_layout(unet)), log
 
 
 def settling_step(trajectory: List[dict], key: str = "target_a", tolerance: float = 0.05) -> Optional[int]:

@@ -7,7 +7,7 @@ inside a conditioning; it only concatenates, repeats, selects and blends it with
 
 from __future__ import annotations
 
-from typing import Dict, Protocol, Sequence, Union, runtime_checkable
+from typing import Dict, List, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
@@ -66,8 +66,40 @@ def cond_batch_size(cond: Conditioning) -> int:
     return cond.shape[0]
 
 
+def _sequences(cond: Conditioning) -> Dict[str, torch.Tensor]:
+    """The token sequences of a conditioning: its (batch, tokens, width) tensors."""
+    tensors = cond if isinstance(cond, dict) else {"": cond}
+    return {key: value for key, value in tensors.items() if value.dim() == 3}
+
+
+def cond_tokens(cond: Conditioning) -> int:
+    """Token count of the cross-attention context: 77·k for a WebUI prompt of k chunks."""
+    return max((value.shape[1] for value in _sequences(cond).values()), default=0)
+
+
+def cond_pad_tokens(cond: Conditioning, tokens: int) -> Conditioning:
+    """Lengthen the token sequence to `tokens` by repeating its last vector — the WebUI's rule when it
+    batches prompts of different chunk counts. Pooled and size vectors are left alone."""
+
+    def pad(value: torch.Tensor) -> torch.Tensor:
+        missing = tokens - value.shape[1]
+        if value.dim() != 3 or missing <= 0:
+            return value
+        return torch.cat([value, value[:, -1:].expand(-1, missing, -1)], dim=1)
+
+    if isinstance(cond, dict):
+        return {key: pad(value) for key, value in cond.items()}
+    return pad(cond)
+
+
+def _same_tokens(conds: Sequence[Conditioning]) -> List[Conditioning]:
+    tokens = max(cond_tokens(c) for c in conds)
+    return [cond_pad_tokens(c, tokens) for c in conds]
+
+
 def cond_cat(conds: Sequence[Conditioning]) -> Conditioning:
-    """Concatenate conditionings along the batch dimension."""
+    """Concatenate conditionings along the batch dimension (longer prompts pad the others' tokens)."""
+    conds = _same_tokens(conds)
     if isinstance(conds[0], dict):
         return {key: torch.cat([c[key] for c in conds]) for key in conds[0]}
     return torch.cat(list(conds))
@@ -86,7 +118,9 @@ def cond_expand(cond: Conditioning, batch: int) -> Conditioning:
 
 
 def cond_lerp(a: Conditioning, b: Conditioning, weights: torch.Tensor) -> Conditioning:
-    """Per-sample linear blend (1-w)·a + w·b of two batch-1 conditionings, one w per output entry."""
+    """Per-sample linear blend (1-w)·a + w·b of two batch-1 conditionings, one w per output entry;
+    prompts of different lengths are blended token by token after padding the shorter one."""
+    a, b = _same_tokens([a, b])
 
     def blend(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         w = weights.to(x.device, torch.float32).view(-1, *([1] * (x.dim() - 1)))

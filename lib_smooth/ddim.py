@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from .backend import Backend, Conditioning, cond_cat, cond_expand
+from .backend import Backend, Conditioning, cond_cat, cond_expand, cond_tokens
 
 EpsFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -68,7 +68,8 @@ def guided_eps(
 
     `cond` / `uncond` are a conditioning (batch 1 or the latent batch) or one per step: a sequence
     indexed by the step index, which is how prompt-switch editing and null-text inversion vary them.
-    Both branches run in one UNet call.
+    Both branches run in one UNet call — or in two when the prompts have different token counts
+    (a WebUI prompt over 75 tokens), as the WebUI's own sampler does, so neither is padded.
     """
     per_step_cond = isinstance(cond, (list, tuple))
     per_step_uncond = isinstance(uncond, (list, tuple))
@@ -83,9 +84,11 @@ def guided_eps(
             out = backend.unet(x, timesteps, c).to(x.device)
             return model_output_to_eps(out, x, alpha, backend.parameterization)
         u = cond_expand(uncond[index] if per_step_uncond else uncond, batch)
-        out = backend.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]), cond_cat([u, c])).to(x.device)
-        eps = model_output_to_eps(out, torch.cat([x, x]), alpha, backend.parameterization)
-        eps_u, eps_c = eps.chunk(2)
+        if cond_tokens(u) == cond_tokens(c):
+            out = backend.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]), cond_cat([u, c])).to(x.device)
+            eps_u, eps_c = model_output_to_eps(out, torch.cat([x, x]), alpha, backend.parameterization).chunk(2)
+        else:
+            eps_u, eps_c = (model_output_to_eps(backend.unet(x, timesteps, branch).to(x.device), x, alpha, backend.parameterization) for branch in (u, c))
         return eps_u + guidance * (eps_c - eps_u)
 
     return eps_fn

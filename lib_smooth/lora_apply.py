@@ -14,7 +14,7 @@ from typing import Dict, Sequence
 import torch
 
 from .errors import LoraShapeError
-from .lora_formats import LoraNetwork, check_arch, kohya_name, sgm_module_name
+from .lora_formats import LoraNetwork, UnetLayout, check_arch, kohya_name, sgm_module_name
 
 
 @dataclass
@@ -29,22 +29,29 @@ class AppliedLora:
         self.originals.clear()
 
 
-def module_lookup(arch: str, unet: torch.nn.Module, text_encoders: Sequence[torch.nn.Module]) -> Dict[str, torch.nn.Module]:
-    """kohya module name → Linear/Conv2d for a diffusers UNet and transformers CLIP text encoders.
-
-    For SDXL the UNet is listed under both its SGM names (what kohya writes) and its diffusers names.
-    """
-    targets = (torch.nn.Linear, torch.nn.Conv2d)
-    lookup: Dict[str, torch.nn.Module] = {}
+def unet_layout(unet: torch.nn.Module) -> UnetLayout:
+    """The block layout of a diffusers UNet2DConditionModel (from its config and its modules)."""
     config = getattr(unet, "config", None)
     layers = config.layers_per_block if config is not None else 2
     layers = layers if isinstance(layers, int) else layers[0]
     up_attention = frozenset(int(m.group(1)) for name, _ in unet.named_modules() if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", name)))
+    levels = len(config.block_out_channels) if config is not None else 4
+    return UnetLayout(layers, up_attention, levels)
+
+
+def module_lookup(arch: str, unet: torch.nn.Module, text_encoders: Sequence[torch.nn.Module]) -> Dict[str, torch.nn.Module]:
+    """kohya module name → Linear/Conv2d for a diffusers UNet and transformers CLIP text encoders.
+
+    The UNet is listed under both its diffusers names and its ldm names (numbered by this UNet's own
+    layout), so files in either style load on every architecture.
+    """
+    targets = (torch.nn.Linear, torch.nn.Conv2d)
+    lookup: Dict[str, torch.nn.Module] = {}
+    layout = unet_layout(unet)
     for path, module in unet.named_modules():
         if isinstance(module, targets):
             lookup["lora_unet_" + path.replace(".", "_")] = module
-            if arch == "sdxl":
-                lookup["lora_unet_" + sgm_module_name(path, layers, up_attention)] = module
+            lookup["lora_unet_" + sgm_module_name(path, layout.layers_per_block, layout.up_attention)] = module
     components = ["text_encoder", "text_encoder_2"]
     for component, encoder in zip(components, text_encoders):
         for path, module in encoder.named_modules():

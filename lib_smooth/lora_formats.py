@@ -14,8 +14,9 @@ alpha = rank to keep the scale at 1. Formats:
 - official Smooth-LoRA (diffusers attention processors, SHI-Labs/Smooth-Diffusion; notes/paper.md §8):
   ``<block>.attn1.processor.to_q_lora.down.weight`` etc., no alpha (scale 1).
 
-SDXL's kohya names use the original (SGM) UNet block names (``input_blocks_4_1_…``) while SD1/SD2 use
-diffusers names; :func:`sgm_module_name` maps a diffusers UNet path to its SGM name.
+SDXL's kohya names use the original (SGM/ldm) UNet block names (``input_blocks_4_1_…``) while SD1/SD2 use
+diffusers names — which the WebUI and kohya read by SD 1.5's block numbering, so for a UNet of another
+layout (e.g. shapes-sd1: one layer per level) files carry ldm names too (:class:`UnetLayout`).
 """
 
 from __future__ import annotations
@@ -71,8 +72,6 @@ class LoraNetwork:
         """"sdxl", "sd1", "sd2" or None when the file does not tell."""
         if any(name.startswith(("lora_te1_", "lora_te2_")) for name in self.layers):
             return "sdxl"
-        if any(re.match(r"lora_unet_(input|middle|output)_block", name) for name in self.layers):
-            return "sdxl"
         for name, layer in self.layers.items():
             if name.endswith("attn2_to_k") and layer.down.shape[1] in CONTEXT_DIMS:
                 return CONTEXT_DIMS[layer.down.shape[1]]
@@ -88,8 +87,28 @@ class LoraNetwork:
 
 # --- names ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class UnetLayout:
+    """What the original (ldm) block numbering of a UNet depends on."""
+
+    layers_per_block: int
+    up_attention: frozenset  # diffusers up-block indices (0 = lowest resolution) with cross-attention
+    levels: int
+
+    @property
+    def hosts_read_diffusers_names(self) -> bool:
+        """The WebUI's Lora and kohya read SD1/SD2 names like ``lora_unet_down_blocks_1_attentions_0``
+        by SD 1.5's numbering (two layers per level, no attention on the first up level); on any other
+        layout those names land on the wrong layers or on none, so files for it use ldm names."""
+        return self.layers_per_block == 2 and self.up_attention == frozenset(range(1, self.levels))
+
+
+SD_LAYOUT = UnetLayout(2, frozenset({1, 2, 3}), 4)  # SD 1.x / 2.x
+SDXL_LAYOUT = UnetLayout(2, frozenset({0, 1}), 3)
+
+
 def sgm_module_name(path: str, layers_per_block: int = 2, up_blocks_with_attention: frozenset = frozenset({0, 1})) -> str:
-    """The SGM/ldm name kohya uses for SDXL (underscored) of a diffusers UNet module path (dotted).
+    """The SGM/ldm name (underscored) of a diffusers UNet module path (dotted), as kohya writes SDXL names.
 
     The block numbering comes from :func:`lib_smooth.ldm_names.unet_name`; SDXL base has two layers
     per block and attention on up levels 0 and 1. Paths it does not know keep their diffusers form.
@@ -101,14 +120,63 @@ def sgm_module_name(path: str, layers_per_block: int = 2, up_blocks_with_attenti
     return ldm.removesuffix(".weight").replace(".", "_")
 
 
-def kohya_name(component: str, path: str, arch: Optional[str], layers_per_block: int = 2) -> str:
-    """kohya module name of a diffusers module path in component "unet", "text_encoder" or "text_encoder_2"."""
+def default_layout(arch: Optional[str]) -> UnetLayout:
+    return SDXL_LAYOUT if arch == "sdxl" else SD_LAYOUT
+
+
+def kohya_name(component: str, path: str, arch: Optional[str], layout: Optional[UnetLayout] = None) -> str:
+    """kohya module name of a diffusers module path in component "unet", "text_encoder" or "text_encoder_2".
+
+    UNet names are diffusers-style for SD1/SD2 on the standard layout (what kohya writes) and ldm-style
+    for SDXL and for every layout the hosts would misread (see :class:`UnetLayout`).
+    """
     if component == "unet":
-        body = sgm_module_name(path, layers_per_block) if arch == "sdxl" else path.replace(".", "_")
-        return "lora_unet_" + body
+        layout = layout or default_layout(arch)
+        if arch == "sdxl" or not layout.hosts_read_diffusers_names:
+            return "lora_unet_" + sgm_module_name(path, layout.layers_per_block, layout.up_attention)
+        return "lora_unet_" + path.replace(".", "_")
     if component == "text_encoder_2":
         return "lora_te2_" + path.replace(".", "_")
     return ("lora_te1_" if arch == "sdxl" else "lora_te_") + path.replace(".", "_")
+
+
+_DIFFUSERS_UNET_NAME = re.compile(r"lora_unet_(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_(.+)"
+                                  r"|lora_unet_mid_block_(resnets|attentions)_(\d+)_(.+)")
+_DIFFUSERS_UNET_TOP = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "conv_norm_out",
+                       "time_embedding_linear_1": "time_embedding.linear_1", "time_embedding_linear_2": "time_embedding.linear_2"}
+
+
+def diffusers_unet_path(name: str) -> Optional[str]:
+    """The dotted diffusers path of a diffusers-style kohya UNet name (None for other names).
+
+    Only the block structure needs dots (unet_name parses it); the rest of the name passes through
+    with its underscores, as ldm names keep them.
+    """
+    top = name.removeprefix("lora_unet_")
+    if top in _DIFFUSERS_UNET_TOP:
+        return _DIFFUSERS_UNET_TOP[top]
+    m = _DIFFUSERS_UNET_NAME.fullmatch(name)
+    if m is None:
+        return None
+    if m[1]:
+        return f"{m[1]}.{m[2]}.{m[3]}.{m[4]}.{m[5]}"
+    return f"mid_block.{m[6]}.{m[7]}.{m[8]}"
+
+
+def with_layout_names(network: LoraNetwork, layout: UnetLayout) -> LoraNetwork:
+    """The same network with diffusers-style UNet names written the way hosts read them on `layout`:
+    unchanged on the standard layout, ldm names otherwise."""
+    if layout.hosts_read_diffusers_names:
+        return network
+    layers = {}
+    for name, layer in network.layers.items():
+        path = diffusers_unet_path(name)
+        layers["lora_unet_" + sgm_module_name(path, layout.layers_per_block, layout.up_attention) if path else name] = layer
+    return LoraNetwork(layers, network.source_format, dict(network.metadata), network.sha256)
+
+
+def uses_diffusers_unet_names(network: LoraNetwork) -> bool:
+    return any(diffusers_unet_path(name) for name in network.layers)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -152,11 +220,13 @@ def _collect(pairs: Dict[str, Dict[str, torch.Tensor]], alphas: Dict[str, float]
     return layers
 
 
-def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None, arch: Optional[str] = None, name: str = "LoRA") -> LoraNetwork:
+def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None, arch: Optional[str] = None, name: str = "LoRA",
+               layout: Optional[UnetLayout] = None) -> LoraNetwork:
     """Recognise the format of a LoRA state dict and return it under kohya names.
 
     `arch` ("sd1"/"sd2"/"sdxl") decides the UNet naming when renaming diffusers paths; when None it is
-    guessed from the cross-attention width or a second text encoder.
+    guessed from the cross-attention width or a second text encoder. `layout` is the target model's
+    UNet layout when known (a non-standard one gets ldm names, see :func:`kohya_name`).
     """
     metadata = dict(metadata or {})
     keys = list(tensors)
@@ -186,7 +256,7 @@ def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, st
             path = f"{block}.{'to_out.0' if proj == 'to_out' else proj}"
             by_path.setdefault(path, {})[which] = tensors[key]
         family = guess_arch(by_path.items())
-        pairs = {kohya_name("unet", path, family): parts for path, parts in by_path.items()}
+        pairs = {kohya_name("unet", path, family, layout): parts for path, parts in by_path.items()}
         return LoraNetwork(_collect(pairs, {}, "official Smooth-LoRA"), "official", metadata)
 
     peft_keys = [k for k in keys if _PEFT.match(k)]
@@ -201,8 +271,8 @@ def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, st
             family = "sdxl"
         for key in alpha_keys:
             component, _, path = key[: -len(".alpha")].partition(".")
-            alphas[kohya_name(component, path, family)] = float(tensors[key])
-        pairs = {kohya_name(c, p, family): parts for (c, p), parts in by_path.items()}
+            alphas[kohya_name(component, path, family, layout)] = float(tensors[key])
+        pairs = {kohya_name(c, p, family, layout): parts for (c, p), parts in by_path.items()}
         return LoraNetwork(_collect(pairs, alphas, "diffusers/PEFT"), "peft", metadata)
 
     lora_like = [k for k in keys if re.search(r"lora|alpha", k)]
@@ -213,7 +283,7 @@ def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, st
     raise NotALoraError(f"{name} mixes or uses an unknown LoRA key format (e.g. {odd!r}); supported: kohya, diffusers/PEFT, official Smooth-LoRA")
 
 
-def load_lora(path: str | Path, arch: Optional[str] = None) -> LoraNetwork:
+def load_lora(path: str | Path, arch: Optional[str] = None, layout: Optional[UnetLayout] = None) -> LoraNetwork:
     """Read a LoRA file (.safetensors, or .pt/.bin/.ckpt tensor dicts) in any supported format."""
     path = Path(path)
     if path.is_dir():
@@ -222,7 +292,7 @@ def load_lora(path: str | Path, arch: Optional[str] = None) -> LoraNetwork:
         raise FileNotFoundError(f"LoRA file not found: {path}")
     data = path.read_bytes()
     tensors, metadata = _read_tensors(path.name, data, path.suffix.lower() == ".safetensors")
-    network = parse_lora(tensors, metadata, arch, name=path.name)
+    network = parse_lora(tensors, metadata, arch, name=path.name, layout=layout)
     network.sha256 = hashlib.sha256(data).hexdigest()
     return network
 

@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from lora_loop import LoraRun, add_lora, settling_step, train_lora  # noqa: E402
 
-from lib_smooth.lora_formats import load_lora, save_kohya  # noqa: E402
+from lib_smooth.lora_apply import unet_layout  # noqa: E402
+from lib_smooth.lora_formats import kohya_name, load_lora, save_kohya  # noqa: E402
 
 
 def _data(backend, count=8):
@@ -49,8 +50,11 @@ def test_trained_lora_file_reproduces_the_trained_model(sd1, tmp_path):
     import copy
 
     trained = copy.deepcopy(sd1.unet_model)
+    layout = unet_layout(sd1.unet_model)
+    assert not layout.hosts_read_diffusers_names  # one layer per level: the file must carry ldm names
     for path_name, layer in add_lora(trained, 4).items():
-        name = "lora_unet_" + path_name.replace(".", "_")
+        name = kohya_name("unet", path_name, "sd1", layout)
+        assert name.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
         layer.down.data, layer.up.data = network.layers[name].down, network.layers[name].up
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
     context = sd1.encode_prompts(["a red circle", "a blue square"], 64, 64)

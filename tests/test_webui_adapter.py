@@ -12,8 +12,30 @@ from lib_smooth.webui.ui import _distance_plot, infotext
 
 
 class FakeNetwork:
-    def __init__(self, name, te, unet, dyn):
+    """A loaded network as the built-in extension keeps it: `modules` holds the layers that matched."""
+
+    def __init__(self, name, te, unet, dyn, modules=None):
         self.name, self.te_multiplier, self.unet_multiplier, self.dyn_dim = name, te, unet, dyn
+        self.modules = modules if modules is not None else {"layer": FakeModule("lora_unet_layer", torch.nn.Linear(2, 2), rank=1)}
+
+
+class FakeModule:
+    """A matched LoRA layer; its delta has the model layer's shape unless `delta` says otherwise."""
+
+    def __init__(self, key, sd_module, rank, delta=None):
+        out_features, in_features = delta or sd_module.weight.shape
+        self.network_key, self.sd_module = f"{key}.lora_up.weight", sd_module
+        self.up_model, self.down_model = torch.nn.Linear(rank, out_features, bias=False), torch.nn.Linear(in_features, rank, bias=False)
+
+
+class SpatialTransformer(torch.nn.Module):
+    """Named like ldm's attention block: the layout is read from the output blocks' module types."""
+
+
+def ldm_unet(layers=2, attention_levels=(1, 2, 3), levels=4):
+    blocks = [torch.nn.Sequential(torch.nn.Identity(), *([SpatialTransformer()] if index // (layers + 1) in attention_levels else []))
+              for index in range(levels * (layers + 1))]
+    return types.SimpleNamespace(num_res_blocks=[layers] * levels, output_blocks=blocks, channel_mult=(1,) * levels)
 
 
 class FakeLayer(torch.nn.Linear):
@@ -29,9 +51,10 @@ def fake_webui(monkeypatch, tmp_path):
 
     save_kohya(LoraNetwork({"lora_unet_layer": LoraLayer(torch.ones(1, 2), torch.ones(2, 1))}, "kohya"), tmp_path / "smooth.safetensors")
     model = torch.nn.Sequential(FakeLayer(), FakeLayer())
+    model.model = types.SimpleNamespace(diffusion_model=ldm_unet())
     networks = types.ModuleType("networks")
     networks.loaded_networks = [FakeNetwork("user-style", 0.7, 0.7, None)]
-    networks.available_networks = {"smooth": types.SimpleNamespace(filename=str(tmp_path / "smooth.safetensors")), "user-style": None}
+    networks.available_networks = {"smooth": types.SimpleNamespace(name="smooth", filename=str(tmp_path / "smooth.safetensors")), "user-style": None}
     networks.available_network_aliases = dict(networks.available_networks)
     networks.calls, networks.merged = [], []
 
@@ -40,6 +63,8 @@ def fake_webui(monkeypatch, tmp_path):
         networks.loaded_networks[:] = [FakeNetwork(*a) for a in zip(names, te, unet, dyn)]
 
     networks.load_networks = load_networks
+    networks.rescans = []
+    networks.list_available_networks = lambda: networks.rescans.append(True)
     networks.network_apply_weights = lambda module: networks.merged.append(tuple(n.name for n in networks.loaded_networks))
     modules = types.ModuleType("modules")
     modules.shared = types.SimpleNamespace(sd_model=model, device="cpu", progress_print_out=sys.stderr,
@@ -74,20 +99,66 @@ def test_lora_session_restores_the_users_networks_even_on_error(fake_webui):
 def test_official_format_is_converted_once_beside_the_original(fake_webui, tmp_path):
     from safetensors.torch import save_file
 
-    from lib_smooth.webui.lora import kohya_name_for
+    from lib_smooth.webui.lora import prepare
 
-    networks, _ = fake_webui
+    networks, modules = fake_webui
+    model = modules.shared.sd_model
     save_file({"down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": torch.ones(8, 320),
                "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": torch.ones(320, 8)}, str(tmp_path / "official.safetensors"))
-    networks.available_networks["official"] = types.SimpleNamespace(filename=str(tmp_path / "official.safetensors"))
+    networks.available_networks["official"] = types.SimpleNamespace(name="official", filename=str(tmp_path / "official.safetensors"))
     refreshed = []
     networks.list_available_networks = lambda: refreshed.append(True)
-    assert kohya_name_for("official") == "official_kohya" and refreshed == [True]
+    assert prepare("official", model).name == "official_kohya" and refreshed == [True]
     assert (tmp_path / "official_kohya.safetensors").is_file() and (tmp_path / "official.safetensors").is_file()
     before = (tmp_path / "official_kohya.safetensors").stat().st_mtime_ns
-    assert kohya_name_for("official") == "official_kohya"
+    assert prepare("official", model).name == "official_kohya"
     assert (tmp_path / "official_kohya.safetensors").stat().st_mtime_ns == before  # never rewritten
-    assert kohya_name_for("smooth") == "smooth"  # kohya files are used as they are
+    assert prepare("smooth", model) == type(prepare("smooth", model))("smooth", 1)  # kohya files are used as they are
+
+
+def test_diffusers_names_for_another_unet_layout_get_an_ldm_copy(fake_webui, tmp_path):
+    """On a UNet with one layer per level the WebUI would read down_blocks_1 as input_blocks_4 (SD 1.5's
+    numbering): the copy it loads names input_blocks_3, where lib_smooth puts that layer."""
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, load_lora, save_kohya
+    from lib_smooth.webui.lora import prepare
+
+    networks, modules = fake_webui
+    modules.shared.sd_model.model.diffusion_model = ldm_unet(layers=1, attention_levels=(0, 1), levels=2)
+    name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_kohya(LoraNetwork({name: LoraLayer(torch.ones(2, 8), torch.ones(8, 2))}, "kohya"), tmp_path / "small.safetensors")
+    networks.available_networks["small"] = types.SimpleNamespace(name="small", filename=str(tmp_path / "small.safetensors"))
+    networks.list_available_networks = lambda: None
+    assert prepare("small", modules.shared.sd_model).name == "small_ldm"
+    assert list(load_lora(tmp_path / "small_ldm.safetensors").layers) == ["lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q"]
+
+
+def test_a_lora_that_does_not_fit_is_refused_and_the_users_networks_come_back(fake_webui):
+    from lib_smooth.errors import LoraError, LoraShapeError
+    from lib_smooth.webui.lora import checked_name, lora_session
+
+    networks, modules = fake_webui
+    model = modules.shared.sd_model
+    loads = networks.load_networks
+
+    def loading_with(matched):
+        def load(names, te, unet, dyn):
+            loads(names, te, unet, dyn)
+            for network in networks.loaded_networks:
+                if network.name == "smooth":
+                    network.modules = matched
+        return load
+
+    assert checked_name("smooth", model) == "smooth"
+    for matched, error, message in (({}, LoraError, "matches none of this model's layers"),
+                                    ({"x": FakeModule("lora_unet_layer", torch.nn.Linear(3, 2), rank=1, delta=(2, 2))}, LoraShapeError,
+                                     r"layer lora_unet_layer gives a \(2, 2\) delta but the model layer is \(2, 3\)")):
+        networks.load_networks = loading_with(matched)
+        with pytest.raises(error, match=message):
+            checked_name("smooth", model)
+        with pytest.raises(error, match=message):
+            with lora_session(types.SimpleNamespace(lora_label=""), "smooth", 1.0):
+                pass
+        assert [n.name for n in networks.loaded_networks] == ["user-style"]
 
 
 def test_progress_drives_shared_state_and_honours_interrupt(fake_webui):
@@ -107,15 +178,35 @@ def test_progress_drives_shared_state_and_honours_interrupt(fake_webui):
     progress.close()
 
 
+def _generation(fake_webui, prompts):
+    return types.SimpleNamespace(all_prompts=list(prompts), all_hr_prompts=list(prompts[:1]), extra_generation_params={},
+                                 sd_model=fake_webui[1].shared.sd_model, sample=None)
+
+
 def test_accordion_adds_the_lora_tag_and_infotext(fake_webui):
-    p = types.SimpleNamespace(all_prompts=["a cat", "a dog"], all_hr_prompts=["a cat"], extra_generation_params={})
+    p = _generation(fake_webui, ["a cat", "a dog"])
     add_lora_to_prompts(p, True, "smooth", 0.75)
     assert p.all_prompts == ["a cat <lora:smooth:0.75>", "a dog <lora:smooth:0.75>"] and p.all_hr_prompts == ["a cat <lora:smooth:0.75>"]
     assert p.extra_generation_params == {"Smooth-LoRA": "smooth:0.75"}
-    untouched = types.SimpleNamespace(all_prompts=["a cat"], extra_generation_params={})
+    untouched = _generation(fake_webui, ["a cat"])
     add_lora_to_prompts(untouched, False, "smooth", 1.0)
     add_lora_to_prompts(untouched, True, "None", 1.0)
     assert untouched.all_prompts == ["a cat"] and untouched.extra_generation_params == {}
+
+
+def test_a_pasted_infotext_does_not_apply_the_lora_twice(fake_webui):
+    p = _generation(fake_webui, ["a cat <lora:smooth:0.75>", "a dog"])
+    add_lora_to_prompts(p, True, "smooth", 0.75)
+    assert p.all_prompts == ["a cat <lora:smooth:0.75>", "a dog <lora:smooth:0.75>"]
+
+
+@pytest.mark.parametrize("lora, weight, reason", [("missing", 1.0, "LoRA 'missing' not found"), ("smooth", "heavy", "weight must be a number; got 'heavy'")])
+def test_accordion_problems_refuse_the_generation_with_the_reason(fake_webui, lora, weight, reason):
+    p = _generation(fake_webui, ["a cat"])
+    add_lora_to_prompts(p, True, lora, weight)
+    assert p.all_prompts == ["a cat"]
+    with pytest.raises(SmoothDiffusionError, match=reason):
+        p.sample(conditioning=None)
 
 
 def test_infotext_round_trips():

@@ -3,7 +3,7 @@
 Runs only when WEBUI_DIR names an installed WebUI (WEBUI_PYTHON: its Python, default
 $WEBUI_DIR/venv/bin/python). The test builds a tiny SD1 checkpoint with its .yaml, links this
 repository into extensions/, starts the WebUI API-only on a free loopback port with its own Lora
-folder, and removes the link afterwards.
+folder, and afterwards removes what it put there — only that: files the user had are left alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("WEBUI_DIR")
-pytestmark = pytest.mark.skipif(not WEBUI, reason="WEBUI_DIR is not set: point it at an installed AUTOMATIC1111 WebUI v1.10.1 (notes: webui-offline.md) to test the extension for real")
+pytestmark = pytest.mark.skipif(not WEBUI, reason="WEBUI_DIR is not set: point it at an installed AUTOMATIC1111 WebUI v1.10.1 "
+                                "(README, Tests: WEBUI_DIR / WEBUI_PYTHON) to test the extension for real")
 
 
 def free_port() -> int:
@@ -49,6 +50,22 @@ def tiny_lora(backend, path: Path) -> None:
             ldm = sgm_module_name(name, layers_per_block=1, up_blocks_with_attention=frozenset({1}))
             layers["lora_unet_" + ldm] = LoraLayer(torch.randn(4, in_features, generator=g) * 0.5, torch.randn(out_features, 4, generator=g) * 0.5)
     save_kohya(LoraNetwork(layers, "kohya"), path)
+
+
+def foreign_loras(backend, folder: Path) -> None:
+    """The tiny LoRA under diffusers-style names (what the WebUI reads by SD 1.5's numbering), and two
+    LoRAs made for other models: SD 1.5-sized layers under this model's names, and an SDXL one."""
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, diffusers_unet_path, load_lora, save_kohya, sgm_module_name
+
+    ldm = load_lora(folder / "smooth-e2e.safetensors")
+    by_ldm = {"lora_unet_" + sgm_module_name(name, 1, frozenset({1})): "lora_unet_" + name.replace(".", "_")
+              for name, _ in backend.unet_model.named_modules() if name}
+    save_kohya(LoraNetwork({by_ldm[name]: layer for name, layer in ldm.layers.items()}, "kohya"), folder / "diffusers-names.safetensors")
+    assert all(diffusers_unet_path(name) for name in load_lora(folder / "diffusers-names.safetensors").layers)
+    big = {name: LoraLayer(torch.ones(4, 768), torch.ones(320, 4)) for name in ldm.layers if name.endswith(("attn2_to_k", "attn2_to_v"))}
+    save_kohya(LoraNetwork(big, "kohya"), folder / "sd15-sized.safetensors")
+    save_kohya(LoraNetwork({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": LoraLayer(torch.ones(4, 1280), torch.ones(1280, 4))}, "kohya"),
+               folder / "for-sdxl.safetensors")
 
 
 def write_hf_cache(home: Path) -> None:
@@ -113,12 +130,13 @@ def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("webui")
     write_hf_cache(root / "hf")
     backend = build_tiny_backend("sd1", seed=0)
-    checkpoint = save_single_file(backend, Path(WEBUI) / "models" / "Stable-diffusion" / "smooth-e2e-tiny.safetensors", tokenizer_and_config_dir=root / "text")
+    # a name of this run's own, so no file of the user's can be overwritten or removed
+    checkpoint = save_single_file(backend, Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-tiny-{os.getpid()}.safetensors",
+                                  tokenizer_and_config_dir=root / "text")
     (root / "loras").mkdir()
     tiny_lora(backend, root / "loras" / "smooth-e2e.safetensors")
-    link = Path(WEBUI) / "extensions" / "sd-webui-smooth-diffusion-e2e"
-    if link.is_symlink():
-        link.unlink()
+    foreign_loras(backend, root / "loras")
+    link = Path(WEBUI) / "extensions" / f"sd-webui-smooth-diffusion-e2e-{os.getpid()}"
     link.symlink_to(REPO)
     try:
         yield root, checkpoint
@@ -261,7 +279,7 @@ def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
     from lib_smooth.backends.tiny import build_full_size_backend
 
     root, _ = installed
-    checkpoint = Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-{arch}.safetensors"
+    checkpoint = Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-{arch}-{os.getpid()}.safetensors"
     save_single_file(build_full_size_backend(arch, tokenizer_dir=tmp_path / "tok"), checkpoint)
     try:
         process, base = launch(root, checkpoint)
@@ -298,8 +316,11 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
     root, _ = installed
     target = Path(WEBUI) / "models" / "Stable-diffusion"
     clip = target / Path(WEBUI_TEXT_ENCODER_DIR).name
-    copied = [shutil.copy(CHECKPOINT, target), shutil.copy(CHECKPOINT.with_suffix(".yaml"), target)]
-    shutil.copytree(CHECKPOINT.parent / clip.name, clip, dirs_exist_ok=True)
+    # copy only what is not there yet, and remove only what was copied: a user's installed copy stays
+    copied = [shutil.copy(source, target) for source in (CHECKPOINT, CHECKPOINT.with_suffix(".yaml")) if not (target / source.name).exists()]
+    copied_clip = not clip.exists()
+    if copied_clip:
+        shutil.copytree(CHECKPOINT.parent / clip.name, clip)
     spec = shapes.ShapeSpec("circle", "red", "blue", "large", "in the centre")
     backend = open_model()[0]
     cond, uncond = backend.encode_prompts([spec.caption], 64, 64), backend.encode_prompts([""], 64, 64)
@@ -322,7 +343,8 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
     finally:
         for path in copied:
             Path(path).unlink(missing_ok=True)
-        shutil.rmtree(clip, ignore_errors=True)
+        if copied_clip:
+            shutil.rmtree(clip, ignore_errors=True)
 
 
 def test_interrupt_stops_a_job_within_a_step(webui):
@@ -346,3 +368,71 @@ def test_interrupt_stops_a_job_within_a_step(webui):
     assert status == 409 and "interrupted" in body["detail"]
     assert time.time() - started < 10  # 64 frames × 200 steps would take minutes
     assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
+
+
+LONG_PROMPT = ", ".join(["a large red circle in the centre on a blue background"] * 9)  # ≈ 110 tokens: two 77-token chunks
+
+
+def test_prompts_over_75_tokens_work_in_every_route(webui):
+    size = {"steps": 3, "width": 64, "height": 64}
+    for route, body in (
+        ("interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a green square", "negative_prompt": LONG_PROMPT, "frames": 3, **size}),
+        ("interpolate", {"prompt_a": "a green square", "seed_a": 1, "seed_b": 2, "frames": 3, "negative_prompt": LONG_PROMPT, **size}),
+        ("invert", {"image": drawn(), "prompt": LONG_PROMPT, **size}),
+        ("edit", {"image": drawn(), "prompt": "an orange circle", "target_prompt": LONG_PROMPT, "inversion": "null-text", "null_text_steps": 1, **size}),
+        ("istd", {"prompts": [LONG_PROMPT, "a cat"], "points": 3, **size}),
+    ):
+        status, answer = call(webui, f"/smooth-diffusion/v1/{route}", body)
+        assert status == 200, (route, answer)
+    payload = {"init_images": [drawn()], "prompt": LONG_PROMPT, "negative_prompt": "blurry", "width": 64, "height": 64, "steps": 4, "cfg_scale": 5,
+               "seed": 1, "denoising_strength": 1.0, "script_name": "smooth inversion", "script_args": [LONG_PROMPT, 0.8, "ddim"]}
+    status, answer = call(webui, "/sdapi/v1/img2img", payload)
+    assert status == 200, answer
+
+
+def test_image_fields_never_read_files_on_the_server(webui, tmp_path):
+    path = tmp_path / "on-the-server.png"
+    Image.new("RGB", (64, 64), "red").save(path)
+    answers = [call(webui, "/smooth-diffusion/v1/invert", {"image": str(name), "prompt": "x"}) for name in (path, tmp_path / "missing.png")]
+    assert [status for status, _ in answers] == [422, 422]
+    assert answers[0][1]["detail"] == answers[1][1]["detail"] and "base64" in answers[0][1]["detail"]
+
+
+@pytest.mark.parametrize("lora, reason", [("sd15-sized", "made for another model"), ("for-sdxl", "is for SDXL")])
+def test_a_lora_for_another_model_is_refused(webui, lora, reason):
+    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "frames": 3, "steps": 2, "width": 64, "height": 64, "lora": lora})
+    assert status == 400 and reason in body["detail"], body
+
+
+def test_one_lora_file_gives_the_same_frames_in_the_webui_and_in_lib_smooth(webui, installed):
+    """The tiny UNet has one layer per level: under diffusers-style names the WebUI alone would put the
+    LoRA on other layers (SD 1.5's numbering); both files must draw what lib_smooth draws."""
+    from lib_smooth.backends.tiny import build_tiny_backend
+    from lib_smooth.jobs import run_interpolate
+    from lib_smooth.requests import InterpolateRequest
+
+    root, _ = installed
+    backend = build_tiny_backend("sd1", seed=0)
+    request = {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 6, "guidance": 5.0, "width": 64, "height": 64}
+    plain = [image(f).astype(np.float64) for f in call(webui, "/smooth-diffusion/v1/interpolate", request)[1]["frames"]]
+    for name in ("smooth-e2e", "diffusers-names"):
+        status, body = call(webui, "/smooth-diffusion/v1/interpolate", dict(request, lora=name))
+        assert status == 200, body
+        by_webui = [image(f).astype(np.float64) for f in body["frames"]]
+        by_lib = run_interpolate(backend, InterpolateRequest(**request, lora=str(root / "loras" / f"{name}.safetensors"))).frames
+        for webui_frame, lib_frame, plain_frame in zip(by_webui, by_lib, plain):
+            assert np.abs(webui_frame - np.asarray(lib_frame, dtype=np.float64)).mean() < 2.0, name  # of 255
+            assert np.abs(webui_frame - plain_frame).mean() > 5.0, name  # and the LoRA does change them
+
+
+def test_accordion_refuses_what_it_cannot_apply_and_never_applies_twice(webui):
+    base = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1}
+    for args, reason in (([True, "no-such-lora", 1.0], "not found"), ([True, "smooth-e2e", "heavy"], "must be a number"),
+                         ([True, "sd15-sized", 1.0], "made for another model")):
+        status, body = call(webui, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": args}}))
+        assert status != 200 and reason in json.dumps(body), (args, body)
+    once = call(webui, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}}))[1]
+    pasted = dict(base, prompt=base["prompt"] + " <lora:smooth-e2e:1>", alwayson_scripts={"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}})
+    status, body = call(webui, "/sdapi/v1/txt2img", pasted)
+    assert status == 200, body
+    assert np.array_equal(image(body["images"][0]), image(once["images"][0]))

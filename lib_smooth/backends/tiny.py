@@ -72,6 +72,13 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0, tokenizer_dir: str |
     else:
         encoders = [CLIPTextModel(CLIPTextConfig(**_text_encoder_config(32)))]
         context_dim, pooled_dim = 32, 0
+    with torch.no_grad():
+        for encoder in encoders:
+            # A fresh LayerNorm (weight 1, bias 0) makes every token's features average exactly 0; the
+            # WebUI's default emphasis rescales by that average and turns the empty prompt into NaN.
+            # A trained CLIP's final norm has a bias, so give it one.
+            text_model = getattr(encoder, "text_model", encoder)  # transformers 5 dropped the wrapper
+            text_model.final_layer_norm.bias.normal_(0.0, 0.5)
     unet = UNet2DConditionModel(**_unet_config(arch, context_dim, pooled_dim))
     with torch.no_grad():
         # A raw random init makes the prediction swing wildly with x_t, and DDIM inversion, which

@@ -79,7 +79,8 @@ def _execute(name: str, request, progress: Callable) -> dict:
     from .lora import file_sha256, lora_session
 
     lora_name, weight = request.lora, request.lora_weight
-    core_request = dataclasses.replace(request, lora=None)
+    # the WebUI's Lora extension applies the LoRA (lora_session); the core job runs on the patched model
+    core_request = dataclasses.replace(request, lora=None, **({"compare_without_lora": False} if name == "istd" else {}))
     backend = WebUIBackend()
     baseline = None
     if name == "istd" and request.compare_without_lora and lora_name:

@@ -9,6 +9,7 @@ source prompt and sampled back with the img2img prompt for the last r of the ste
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional, Tuple
 
 from .ui import NONE
@@ -16,16 +17,42 @@ from .ui import NONE
 INFOTEXT_KEY = "Smooth-LoRA"
 
 
-def add_lora_to_prompts(p, enabled: bool, lora: Optional[str], weight: float) -> None:
+def add_lora_to_prompts(p, enabled: bool, lora: Optional[str], weight) -> None:
+    """The accordion: add `<lora:name:weight>` to every prompt — unless the prompt already carries the
+    tag (an infotext pasted back holds it), so the LoRA is never applied twice. Any problem refuses the
+    generation with its reason instead of giving an image without the LoRA."""
     if not enabled or lora in (None, "", NONE):
         return
-    from .lora import kohya_name_for
+    from ..errors import SmoothDiffusionError
+    from .lora import checked_name
 
-    tag = f" <lora:{kohya_name_for(lora)}:{weight:g}>"
-    p.all_prompts = [prompt + tag for prompt in p.all_prompts]
+    try:
+        try:
+            multiplier = float(weight)
+        except (TypeError, ValueError):
+            raise SmoothDiffusionError(f"the Smooth-LoRA weight must be a number; got {weight!r}") from None
+        name = checked_name(lora, p.sd_model)
+    except SmoothDiffusionError as error:
+        refuse(p, str(error))
+        return
+    tag = f"<lora:{name}:{multiplier:g}>"
+    has_tag = re.compile(rf"<lora:{re.escape(name)}:", re.IGNORECASE)
+    p.all_prompts = [prompt if has_tag.search(prompt) else f"{prompt} {tag}" for prompt in p.all_prompts]
     if getattr(p, "all_hr_prompts", None):
-        p.all_hr_prompts = [prompt + tag for prompt in p.all_hr_prompts]
-    p.extra_generation_params[INFOTEXT_KEY] = f"{lora}:{weight:g}"
+        p.all_hr_prompts = [prompt if has_tag.search(prompt) else f"{prompt} {tag}" for prompt in p.all_hr_prompts]
+    p.extra_generation_params[INFOTEXT_KEY] = f"{lora}:{multiplier:g}"
+
+
+def refuse(p, reason: str) -> None:
+    """Stop the generation with `reason` through the WebUI's own error path. Exceptions from a script's
+    process() are only logged by the WebUI, so the sampling call, whose exceptions reach the UI and the
+    API, raises it instead."""
+    from ..errors import SmoothDiffusionError
+
+    def sample(*_args, **_kwargs):
+        raise SmoothDiffusionError(f"Smooth Diffusion: {reason}")
+
+    p.sample = sample
 
 
 def parse_infotext(value: str) -> Tuple[str, float]:
