@@ -10,6 +10,8 @@ from modules import processing, script_callbacks, scripts
 import lib_smooth.webui.api as smooth_api
 import lib_smooth.webui.generation as smooth_generation
 import lib_smooth.webui.ui as smooth_ui
+from lib_smooth.errors import RequestError
+from lib_smooth.requests import InvertRequest, field_meta
 
 
 def on_app_started(_demo, app) -> None:
@@ -59,9 +61,14 @@ class SmoothInversion(scripts.Script):
     def ui(self, is_img2img):
         source = gr.Textbox(label="Source prompt (describes the init image; empty: reconstruct with the prompt)", lines=2, elem_id=self.elem_id("source"))
         switch = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch"))
-        mode = gr.Dropdown(label="Inversion", choices=["ddim", "ddim-no-text", "null-text"], value="ddim", elem_id=self.elem_id("mode"))
+        mode = gr.Dropdown(label="Inversion (the whole schedule is inverted: Denoising strength is not used)",
+                           choices=list(field_meta(InvertRequest, "inversion")["choices"]), value="ddim", elem_id=self.elem_id("mode"))
         return [source, switch, mode]
 
     def run(self, p, source="", switch=0.8, mode="ddim"):
-        p.sample = smooth_generation.smooth_inversion_sampler(p, source, float(switch), mode)
+        try:
+            settings = smooth_generation.inversion_settings(source, switch, mode)
+        except RequestError as error:
+            raise smooth_generation.refused(error) from None
+        p.sample = smooth_generation.smooth_inversion_sampler(p, *settings)
         return processing.process_images(p)

@@ -202,11 +202,25 @@ def test_a_pasted_infotext_does_not_apply_the_lora_twice(fake_webui):
 
 @pytest.mark.parametrize("lora, weight, reason", [("missing", 1.0, "LoRA 'missing' not found"), ("smooth", "heavy", "weight must be a number; got 'heavy'")])
 def test_accordion_problems_refuse_the_generation_with_the_reason(fake_webui, lora, weight, reason):
+    from lib_smooth.webui.generation import GenerationRefused
+
     p = _generation(fake_webui, ["a cat"])
     add_lora_to_prompts(p, True, lora, weight)
     assert p.all_prompts == ["a cat"]
-    with pytest.raises(SmoothDiffusionError, match=reason):
+    with pytest.raises(GenerationRefused, match=reason) as refusal:
         p.sample(conditioning=None)
+    assert refusal.value.status_code == 400 and reason.split(";")[0] in refusal.value.detail  # what the WebUI's API answers
+
+
+def test_img2img_script_arguments_are_checked():
+    from lib_smooth.errors import RequestError
+    from lib_smooth.webui.generation import inversion_settings
+
+    assert inversion_settings("a cat", 0.8, "null-text") == ("a cat", 0.8, "null-text")
+    for args, reason in ((("a", 0.8, "magic"), "inversion must be one of"), (("a", "0.8", "ddim"), "must be a number"),
+                         (("a", True, "ddim"), "must be a number"), (("a", 1.2, "ddim"), "between 0 and 1"), ((None, 0.8, "ddim"), "must be text")):
+        with pytest.raises(RequestError, match=reason):
+            inversion_settings(*args)
 
 
 def test_infotext_round_trips():

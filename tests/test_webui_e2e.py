@@ -255,7 +255,36 @@ def test_img2img_smooth_inversion_script(webui):
     assert status == 200, body
     assert image(body["images"][0]).shape == (64, 64, 3)
     infotext = json.loads(body["info"])["infotexts"][0]
-    assert "Smooth inversion: ddim" in infotext and "Smooth source prompt: an orange circle" in infotext
+    assert "Smooth inversion: ddim (whole schedule; denoising strength not used)" in infotext, infotext
+    assert "Smooth source prompt: an orange circle" in infotext and "Denoising strength" not in infotext
+
+
+@pytest.mark.parametrize("script_args, reason", [(["a circle", 0.8, "magic"], "inversion must be one of ddim"),
+                                                 (["a circle", "most", "ddim"], "switch threshold r must be a number"),
+                                                 (["a circle", 1.5, "ddim"], "between 0 and 1")])
+def test_img2img_smooth_inversion_refuses_bad_script_args(webui, script_args, reason):
+    payload = {"init_images": [drawn()], "prompt": "a green square", "width": 64, "height": 64, "steps": 3, "seed": 1,
+               "script_name": "smooth inversion", "script_args": script_args}
+    status, body = call(webui, "/sdapi/v1/img2img", payload)
+    assert status == 422 and reason in body["detail"], body
+
+
+def test_img2img_smooth_inversion_interrupted_answers_409(webui):
+    import threading
+
+    outcome = {}
+    payload = {"init_images": [drawn()], "prompt": "a green square", "width": 128, "height": 128, "steps": 400, "seed": 1,
+               "script_name": "smooth inversion", "script_args": ["an orange circle", 0.8, "ddim"]}
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", call(webui, "/sdapi/v1/img2img", payload)))
+    worker.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and call(webui, "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 3:
+        time.sleep(0.2)
+    assert call(webui, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
+    worker.join(timeout=60)
+    status, body = outcome["result"]
+    assert status == 409 and "interrupted" in body["detail"], body
+    assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
 
 
 def test_routes_honour_api_auth(installed, webui):

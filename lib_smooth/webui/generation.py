@@ -33,7 +33,7 @@ def add_lora_to_prompts(p, enabled: bool, lora: Optional[str], weight) -> None:
             raise SmoothDiffusionError(f"the Smooth-LoRA weight must be a number; got {weight!r}") from None
         name = checked_name(lora, p.sd_model)
     except SmoothDiffusionError as error:
-        refuse(p, str(error))
+        refuse(p, error)
         return
     tag = f"<lora:{name}:{multiplier:g}>"
     has_tag = re.compile(rf"<lora:{re.escape(name)}:", re.IGNORECASE)
@@ -43,14 +43,29 @@ def add_lora_to_prompts(p, enabled: bool, lora: Optional[str], weight) -> None:
     p.extra_generation_params[INFOTEXT_KEY] = f"{lora}:{multiplier:g}"
 
 
-def refuse(p, reason: str) -> None:
-    """Stop the generation with `reason` through the WebUI's own error path. Exceptions from a script's
+class GenerationRefused(Exception):
+    """A txt2img/img2img generation stopped with a reason. The WebUI's API answers an exception with
+    its `status_code` and `detail` attributes, and its UI shows the message."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(f"Smooth Diffusion: {detail}")
+        self.status_code, self.detail = status_code, detail
+
+
+def refused(error: Exception) -> GenerationRefused:
+    from ..errors import Interrupted, RequestError
+
+    status = 422 if isinstance(error, RequestError) else 409 if isinstance(error, Interrupted) else 400
+    return GenerationRefused(status, str(error))
+
+
+def refuse(p, error: Exception) -> None:
+    """Stop the generation with `error` through the WebUI's own error path. Exceptions from a script's
     process() are only logged by the WebUI, so the sampling call, whose exceptions reach the UI and the
     API, raises it instead."""
-    from ..errors import SmoothDiffusionError
 
     def sample(*_args, **_kwargs):
-        raise SmoothDiffusionError(f"Smooth Diffusion: {reason}")
+        raise refused(error)
 
     p.sample = sample
 
@@ -64,10 +79,31 @@ def parse_infotext(value: str) -> Tuple[str, float]:
         return value, 1.0
 
 
+def inversion_settings(source_prompt, switch_ratio, mode) -> Tuple[str, float, str]:
+    """The img2img script's arguments checked (they come from the API's script_args as well)."""
+    from ..errors import RequestError
+    from ..requests import EditRequest, InvertRequest, field_meta, number
+
+    modes = field_meta(InvertRequest, "inversion")["choices"]
+    if mode not in modes:
+        raise RequestError(f"Smooth inversion: inversion must be one of {', '.join(modes)}; got {mode!r}")
+    limits = field_meta(EditRequest, "switch_ratio")
+    if isinstance(switch_ratio, bool) or not isinstance(switch_ratio, (int, float)) or not limits["low"] <= switch_ratio <= limits["high"]:
+        raise RequestError(f"Smooth inversion: the switch threshold r must be a number between {number(limits['low'])} and "
+                           f"{number(limits['high'])}; got {switch_ratio!r}")
+    if not isinstance(source_prompt, str):
+        raise RequestError(f"Smooth inversion: the source prompt must be text; got {source_prompt!r}")
+    return source_prompt, float(switch_ratio), mode
+
+
 def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: str) -> Callable:
-    """A replacement for `p.sample` that starts from the DDIM inversion of the init image."""
+    """A replacement for `p.sample` that starts from the DDIM inversion of the init image.
+
+    It inverts the whole schedule, so img2img's Denoising strength plays no part: the infotext says
+    so instead of recording a strength that was not used."""
     from modules import devices
 
+    from ..errors import SmoothDiffusionError
     from ..invert import invert_image, reconstruct
     from .api import webui_progress
     from .backend import WebUIBackend
@@ -81,9 +117,13 @@ def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: s
                                      height=p.height, mode=mode, null_text_guidance=p.cfg_scale, on_step=lambda i, n, x: progress(i + 1, 2 * n, x))
             latent = reconstruct(backend, inversion, p.cfg_scale, p.negative_prompt, target if source != target else None, switch_ratio,
                                  on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x))
+        except SmoothDiffusionError as error:
+            raise refused(error) from None
         finally:
             progress.close()
-        p.extra_generation_params.update({"Smooth inversion": mode, "Smooth source prompt": source, "Smooth switch": switch_ratio})
+        p.extra_generation_params.pop("Denoising strength", None)
+        p.extra_generation_params.update({"Smooth inversion": f"{mode} (whole schedule; denoising strength not used)",
+                                          "Smooth source prompt": source, "Smooth switch": switch_ratio})
         return latent.repeat(len(prompts), 1, 1, 1).to(devices.device)
 
     return sample
