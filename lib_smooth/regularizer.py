@@ -203,10 +203,15 @@ def check_training_settings(
     torch_compile: bool = False,
     reentrant_checkpointing: bool = False,
     mixed_precision: str = "no",
+    sdpa_with_checkpointing: bool = False,
 ) -> None:
     """Refuse settings that break double backward (needed by method "vjp"); warn about fp16."""
     if method == "vjp":
         refused = {
+            # the regularized forward runs under the math attention kernel, but a checkpoint's recompute in
+            # backward runs outside that context with SDPA's fused kernel: torch raises CheckpointError
+            "sdpa together with gradient checkpointing": (sdpa_with_checkpointing, "the checkpoint's recompute runs another attention kernel "
+                                                          "than the regularized forward (CheckpointError); keep gradient checkpointing and drop sdpa"),
             "xformers": (xformers, "xformers attention has no double backward"),
             "mem_eff_attn": (mem_eff_attn, "memory-efficient attention gives silently wrong second-order gradients"),
             "torch_compile": (torch_compile, "torch.compile does not support double backward"),

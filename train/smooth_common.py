@@ -95,6 +95,7 @@ def validate_smooth_args(args: argparse.Namespace) -> None:
                 mem_eff_attn=bool(getattr(args, "mem_eff_attn", False)),
                 torch_compile=bool(getattr(args, "torch_compile", False)),
                 mixed_precision=str(getattr(args, "mixed_precision", "no")),
+                sdpa_with_checkpointing=bool(getattr(args, "sdpa", False)) and bool(getattr(args, "gradient_checkpointing", False)),
             )
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: invalid Smooth Diffusion option: {error}") from None
