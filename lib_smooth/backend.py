@@ -26,6 +26,8 @@ class Backend(Protocol):
             moves it there, so sampling runs on the model's device.
         latent_channels: channels of the VAE latent (4 for SD).
         vae_scale: pixel size of one latent cell (8 for SD).
+        native_size: optional, the image side the model was trained at (512 SD1, 768 SD2-v, 1024 SDXL);
+            jobs use it when a request leaves width/height unset (512 when a backend does not say).
         identity: a short string naming the model weights (hash), used in cache keys and sidecars.
         lora_identity: a string naming the LoRA set and weights currently applied ("" for none).
     """

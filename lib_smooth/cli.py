@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from . import __version__
 from .errors import SmoothDiffusionError
 from .export import ANIMATION_FORMATS, write_animation, write_json, write_pngs
-from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, RequestError, image_file_to_field, number, validate
+from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, RequestError, image_file_to_field, number, type_name, validate
 from .metrics import EXPLANATIONS
 
 JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
@@ -38,8 +38,9 @@ def _add_request_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("low") is not None:
             help_text += f" [{number(meta['low'])}..{number(meta['high'])}]"
         default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
-        kwargs: dict[str, Any] = {"dest": spec.name, "default": default, "help": help_text + f" (default: {default!r})"}
+        kind = type_name(spec)
+        shown = meta.get("default_text") or repr(default)
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": default, "help": help_text + f" (default: {shown})"}
         if kind == "bool":
             group.add_argument(flag, action="store_true", **kwargs)
             continue

@@ -24,7 +24,7 @@ from .interpolate import render_frames, seed_noise
 from .invert import dual_null_text_inversion, invert_image, prepare_image, reconstruct
 from .lora_formats import load_lora
 from .metrics import reconstruction_metrics
-from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, validate
+from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, sized, validate
 
 Progress = Callable[[int, int, Optional[torch.Tensor]], None]
 
@@ -95,7 +95,7 @@ def _inversion_cost(request, images: int) -> int:
 
 def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InterpolationResult:
     """Frames between two ends, each end an inverted image or a seed's noise, prompts blended."""
-    r = validate(request)
+    r = sized(validate(request), backend)
     prompt_b = r.prompt_b or r.prompt_a
     ends = [(r.image_a, r.seed_a, r.prompt_a, "image_a"), (r.image_b, r.seed_b, prompt_b, "image_b")]
     batches = -(-r.frames // r.batch_size)
@@ -148,7 +148,7 @@ class InversionResult:
 
 def run_invert(backend: Backend, request: InvertRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InversionResult:
     """Invert → reconstruct (→ edit by prompt switch for an EditRequest); metrics of the reconstruction."""
-    r = validate(request)
+    r = sized(validate(request), backend)
     editing = isinstance(r, EditRequest)
     counter = StepCounter(_inversion_cost(r, 1) + r.steps * (2 if editing else 1), progress)
     picture = prepare_image(open_image_field("image", r.image), r.width, r.height)
@@ -175,7 +175,7 @@ class IstdResult:
 
 def run_istd(backend: Backend, request: IstdRequest, progress: Optional[Progress] = None) -> IstdResult:
     """The paper's ISTD protocol on the request's prompts, with the LoRA (and optionally without)."""
-    r = validate(request)
+    r = sized(validate(request), backend)
     prompts = [p for p in r.prompts if p.strip()]
     runs = 2 if (r.compare_without_lora and r.lora) else 1
     per_run = len(prompts) * r.pairs * -(-r.points // r.batch_size) * r.steps

@@ -84,12 +84,44 @@ def variation_norm_fd(
     double backward). It measures J along an input direction u instead of Jᵀ along an output direction
     y; for y, u drawn the same way, E‖Jᵀy‖² = E‖Ju‖² = ‖J‖²_F/(C·H·W), so both estimate the RMS singular
     value and push towards the same orthogonality, but per sample they differ and the difference
-    quotient adds an O(h) error: an approximation of the VJP statistic, not the same number.
+    quotient adds an O(h) error: an approximation of the VJP statistic, not the same number. In bf16 /
+    fp16 the step is widened to what the precision resolves (:func:`fd_step_for`).
     """
     u = default_direction(x0_pred) if direction is None else direction
+    step = fd_step_for(noisy_latents, compute_dtype(x0_pred), step)
     shifted = x0_fn(noisy_latents + step * u, indices)
     jvp = (shifted - x0_pred) / step
     return (1 - alphas_cumprod_t.to(jvp)) * jvp.flatten(1).norm(dim=1)
+
+
+def compute_dtype(like: torch.Tensor) -> torch.dtype:
+    """The precision the model's forward runs in: autocast's dtype when autocast is on, else the tensor's."""
+    device = like.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device)  # torch ≥ 2.4
+    except TypeError:
+        enabled = torch.is_autocast_enabled() if device == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return like.dtype
+    try:
+        return torch.get_autocast_dtype(device)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_gpu_dtype() if device == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+FD_SPACINGS = 4  # the input shift per element, in units of the compute dtype's spacing near the latents' RMS
+
+
+def fd_step_for(noisy_latents: torch.Tensor, dtype: torch.dtype, step: float) -> float:
+    """A difference step that survives the cast of the shifted latents to `dtype`.
+
+    u has unit norm, so each of the n = C·H·W elements moves by about h/√n: at 512 px (n = 16,384) a step
+    of 1e-2 moves it by 8e-5, below bf16's spacing near 1 (7.8e-3) and fp16's (9.8e-4), and the
+    difference would be rounding noise. The step grows to FD_SPACINGS spacings per element (bf16 at 512
+    px: h ≈ 4, 3 % of the latent's norm; fp32 keeps 1e-2).
+    """
+    spacing = torch.finfo(dtype).eps * float(noisy_latents.detach().float().pow(2).mean().sqrt())
+    return max(step, FD_SPACINGS * spacing * noisy_latents[0].numel() ** 0.5)
 
 
 def _global_mean(local_mean: torch.Tensor) -> torch.Tensor:
@@ -204,8 +236,17 @@ def check_training_settings(
     reentrant_checkpointing: bool = False,
     mixed_precision: str = "no",
     sdpa_with_checkpointing: bool = False,
+    dropout: bool = False,
+    zero_terminal_snr_eps: bool = False,
 ) -> None:
-    """Refuse settings that break double backward (needed by method "vjp"); warn about fp16."""
+    """Refuse settings that break double backward (needed by method "vjp") or the regularizer itself; warn about fp16."""
+    if zero_terminal_snr_eps:
+        # x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ with ᾱ_999 ≈ 0 (zero terminal SNR): x̂₀ and r are scaled by ≈ 4.5e3 near t = 999
+        raise UnsupportedTrainingSetting("zero_terminal_snr with an ε-prediction model: x̂₀ divides by √ᾱ, which is ≈ 0 at the last "
+                                         "timestep, and the penalty explodes; use a v-prediction model (--v_parameterization) or drop zero_terminal_snr")
+    if method == "jvp_fd" and dropout:
+        raise UnsupportedTrainingSetting("network dropout (network_dropout, rank_dropout, module_dropout) draws new masks for the second "
+                                         "forward of method jvp_fd, so the difference measures the masks, not the model; drop it or use method vjp")
     if method == "vjp":
         refused = {
             # the regularized forward runs under the math attention kernel, but a checkpoint's recompute in

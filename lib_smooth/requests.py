@@ -45,8 +45,8 @@ class SamplingOptions:
     negative_prompt: str = option("", "negative prompt (the unconditional branch of guidance)")
     steps: int = option(50, "DDIM steps", 1, 999)
     guidance: float = option(7.5, "classifier-free guidance scale for sampling", 1.0, 30.0)
-    width: int = option(512, "image width in pixels", 64, 2048, multiple_of=8)
-    height: int = option(512, "image height in pixels", 64, 2048, multiple_of=8)
+    width: Optional[int] = option(None, "image width in pixels", 64, 2048, multiple_of=8, default_text="the model's native size")
+    height: Optional[int] = option(None, "image height in pixels", 64, 2048, multiple_of=8, default_text="the model's native size")
 
 
 @dataclass
@@ -134,6 +134,17 @@ def type_name(spec: dataclasses.Field) -> str:
     """The field's type as written in the dataclass, without Optional: "int", "List[str]"."""
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
     return kind[len("Optional["):-1] if kind.startswith("Optional[") else kind
+
+
+def native_size(backend: Any) -> int:
+    """The side the model was trained at (64 shapes-sd1, 512 SD1, 768 SD2-v, 1024 SDXL); 512 if it does not say."""
+    return int(getattr(backend, "native_size", 512) or 512)
+
+
+def sized(request: R, backend: Any) -> R:
+    """The request with an unset width/height filled in with the model's native size."""
+    side = native_size(backend)
+    return dataclasses.replace(request, width=request.width or side, height=request.height or side)
 
 
 def validate(request: Any) -> Any:

@@ -11,7 +11,7 @@ import lib_smooth.webui.api as smooth_api
 import lib_smooth.webui.generation as smooth_generation
 import lib_smooth.webui.ui as smooth_ui
 from lib_smooth.errors import RequestError
-from lib_smooth.requests import InvertRequest, field_meta
+from lib_smooth.requests import EditRequest, InterpolateRequest, InvertRequest, field_meta
 
 
 def on_app_started(_demo, app) -> None:
@@ -37,7 +37,9 @@ class SmoothLoraAccordion(scripts.Script):
             with gr.Row():
                 enabled = gr.Checkbox(label="Apply Smooth-LoRA", value=False, elem_id=self.elem_id("enabled"))
                 lora = gr.Dropdown(label="Smooth-LoRA", choices=smooth_ui._lora_choices(), value=smooth_ui.NONE, elem_id=self.elem_id("lora"))
-                weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=self.elem_id("weight"))
+                refresh = gr.Button("🔄", elem_id=self.elem_id("refresh"))  # LoRAs added since start-up
+                weight = smooth_ui.slider(InterpolateRequest, "lora_weight", "Weight", elem_id=self.elem_id("weight"))
+            refresh.click(fn=lambda: gr.update(choices=smooth_ui.lora_choices_refreshed()), inputs=[], outputs=[lora])
         self.infotext_fields = [
             (enabled, lambda d: smooth_generation.INFOTEXT_KEY in d),
             (lora, lambda d: smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[0] if smooth_generation.INFOTEXT_KEY in d else gr.update()),
@@ -60,7 +62,7 @@ class SmoothInversion(scripts.Script):
 
     def ui(self, is_img2img):
         source = gr.Textbox(label="Source prompt (describes the init image; empty: reconstruct with the prompt)", lines=2, elem_id=self.elem_id("source"))
-        switch = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch"))
+        switch = smooth_ui.slider(EditRequest, "switch_ratio", "Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch"))
         mode = gr.Dropdown(label="Inversion (the whole schedule is inverted: Denoising strength is not used)",
                            choices=list(field_meta(InvertRequest, "inversion")["choices"]), value="ddim", elem_id=self.elem_id("mode"))
         return [source, switch, mode]

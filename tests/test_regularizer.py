@@ -93,19 +93,24 @@ def test_moving_target_and_penalty_by_hand():
 
 
 def test_target_update_stays_in_the_graph():
-    # d penalty / d r_i differs from the detached-target version by the a-term: check against autograd on r directly
-    r = torch.tensor([1.0, 3.0], dtype=torch.float64, requires_grad=True)
-    a_prev, decay = 0.5, 0.1
-    a = a_prev + decay * (r.mean() - a_prev)
-    ((r - a) ** 2).mean().backward()
-    a_value = a_prev + decay * (2.0 - a_prev)
-    by_hand = [(ri - a_value) - decay * ((1.0 - a_value) + (3.0 - a_value)) / 2 for ri in (1.0, 3.0)]
-    assert r.grad.tolist() == pytest.approx(by_hand)
-    model, reg = ToyUNet(), StepwiseVariationRegularizer(ema_decay=1.0)  # decay 1: a = mean r, so r − a sums to 0
-    x_t = torch.randn(2, *SHAPE, dtype=torch.float64)
-    penalty, _ = run(reg, model, x_t, torch.tensor([1, 2]), torch.tensor([0.5, 0.5], dtype=torch.float64), None)
-    penalty.backward()
-    assert model.weight.grad is not None and model.weight.grad.abs().sum() > 0
+    """The penalty's gradient includes the path through a = a_prev + decay·(mean r − a_prev), as the
+    official code's; a detached target gives a measurably different gradient, which this would catch."""
+    model, t = ToyUNet(seed=1), torch.tensor([100, 500, 900])
+    alphas = torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
+    x_t = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+    y = default_direction(x_t.detach(), torch.Generator().manual_seed(3))
+    reg = StepwiseVariationRegularizer(ema_decay=0.5)
+    reg.target_a = 0.05
+    penalty, _ = reg(predict_x0(model(x_t, t), x_t, alphas, "eps"), x_t, alphas, direction=y)
+    (by_regularizer,) = torch.autograd.grad(penalty, model.weight)
+
+    def by_hand(detached: bool) -> torch.Tensor:
+        r = variation_norm(predict_x0(model(x_t, t), x_t, alphas, "eps"), x_t, alphas, y)
+        a = 0.05 + 0.5 * (r.mean() - 0.05)
+        return torch.autograd.grad(((r - (a.detach() if detached else a)) ** 2).mean(), model.weight)[0]
+
+    assert torch.allclose(by_regularizer, by_hand(detached=False), rtol=1e-9)
+    assert not torch.allclose(by_regularizer, by_hand(detached=True), rtol=1e-2)
 
 
 def test_lazy_interval_runs_every_kth_call_with_k_times_the_weight():
@@ -170,14 +175,19 @@ def test_finite_difference_jvp_is_exact_for_a_linear_model():
 
 
 def test_vjp_and_jvp_statistics_agree_in_expectation():
-    # E‖Jᵀy‖² = E‖Ju‖² = ‖J‖²_F / n for y, u ~ N(0, I/n): both estimate the same RMS singular value
+    """E‖Jᵀy‖² = E‖Ju‖² = ‖J‖²_F / n for directions drawn as default_direction draws them: the two
+    methods of the regularizer estimate the same quantity (a linear x̂₀ = J·x makes the difference exact)."""
     g = torch.Generator().manual_seed(0)
     jacobian = torch.randn(D, D, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3, D, dtype=torch.float64)
-    directions = torch.randn(20000, D, generator=g, dtype=torch.float64) / D**0.5
-    vjp = (directions @ jacobian).norm(dim=1).pow(2).mean()
-    jvp = (directions @ jacobian.T).norm(dim=1).pow(2).mean()
-    target = jacobian.pow(2).sum() / D
-    assert vjp.item() == pytest.approx(target.item(), rel=0.03) and jvp.item() == pytest.approx(target.item(), rel=0.03)
+    samples, alphas = 20000, torch.full((20000,), 0.5, dtype=torch.float64)
+    x_t = torch.randn(samples, *SHAPE, generator=g, dtype=torch.float64, requires_grad=True)
+    x0_fn = lambda latents, idx: (latents.flatten(1) @ jacobian.T).view_as(latents)  # noqa: E731
+    x0 = x0_fn(x_t, None)
+    vjp = variation_norm(x0, x_t, alphas, default_direction(x0.detach(), torch.Generator().manual_seed(1)), create_graph=False)
+    jvp = variation_norm_fd(x0_fn, x0.detach(), x_t.detach(), alphas, None, default_direction(x0.detach(), torch.Generator().manual_seed(2)))
+    target = 0.25 * jacobian.pow(2).sum() / D  # (1 − ᾱ)² · ‖J‖²_F / n
+    assert vjp.pow(2).mean().item() == pytest.approx(target.item(), rel=0.03)
+    assert jvp.pow(2).mean().item() == pytest.approx(target.item(), rel=0.03)
 
 
 def test_jvp_fd_method_trains_without_double_backward():
@@ -247,3 +257,45 @@ def test_moving_target_uses_the_mean_over_processes(tmp_path):
     mp.spawn(_distributed_worker, args=(str(tmp_path / "rendezvous"), results), nprocs=2, join=True)
     # local means 0.5 and 1.0: both processes must move a to their average, 0.75
     assert results[0] == pytest.approx(0.75) and results[1] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_jvp_fd_under_autocast_measures_the_model_not_rounding(dtype):
+    """Under CPU autocast the shifted forward runs in `dtype`; the finite difference must still give
+    (1 − ᾱ)·‖J u‖ of the exact Jacobian, within 3 %. With the fixed step 1e-2 each of the latents' elements
+    moved by less than the dtype's spacing near 1 and the difference was rounding noise."""
+    big = 4096  # elements per sample, as a 32 × 32 latent of 4 channels: per-element shift 1e-2/64
+    weight = torch.randn(big, big, generator=torch.Generator().manual_seed(4)) / big**0.5
+    t, alphas = torch.tensor([200, 700]), torch.tensor([0.8, 0.2])
+    x_t = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(5))
+    u = default_direction(x_t, torch.Generator().manual_seed(6))
+
+    def x0_fn(latents, idx):
+        flat = latents.flatten(1)
+        out = (2 * torch.tanh(flat @ weight.T) + t[idx, None] / 1000).view_as(latents)
+        return predict_x0(out.float(), latents, alphas[idx], "eps")
+
+    _, exact = torch.func.jvp(lambda x: x0_fn(x, torch.arange(2)), (x_t,), (u,))
+    expected = (1 - alphas) * exact.flatten(1).norm(dim=1)
+    with torch.autocast("cpu", dtype=dtype):
+        x0 = x0_fn(x_t, torch.arange(2))
+        r = variation_norm_fd(x0_fn, x0, x_t, alphas, torch.arange(2), u)
+    assert torch.allclose(r, expected, rtol=0.03), (r, expected)
+
+
+def test_fd_step_grows_only_where_the_precision_needs_it():
+    from lib_smooth.regularizer import fd_step_for
+
+    latents = torch.ones(1, 4, 64, 64)  # RMS 1, n = 16,384: √n = 128
+    assert fd_step_for(latents, torch.float32, 1e-2) == 1e-2
+    assert fd_step_for(latents, torch.bfloat16, 1e-2) == pytest.approx(4 * 2**-7 * 128)
+    assert fd_step_for(latents, torch.float16, 1e-2) == pytest.approx(4 * 2**-10 * 128)
+
+
+@pytest.mark.parametrize("setting, message", [(dict(method="jvp_fd", dropout=True), "network dropout"),
+                                              (dict(zero_terminal_snr_eps=True), "zero_terminal_snr with an ε-prediction model"),
+                                              (dict(sdpa_with_checkpointing=True), "sdpa together with gradient checkpointing")])
+def test_settings_that_break_the_regularizer_are_refused(setting, message):
+    with pytest.raises(UnsupportedTrainingSetting, match=message):
+        check_training_settings(**setting)
+    check_training_settings(method="vjp", dropout=True)  # one backward through one mask: fine

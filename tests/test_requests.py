@@ -92,3 +92,22 @@ def test_cli_image_paths(tmp_path):
                           (tmp_path / "text.png", "is not an image PIL can read")):
         with pytest.raises(RequestError, match=message):
             image_file_to_field("image", str(path))
+
+
+def test_an_unset_size_is_the_models_native_size(sd1):
+    from lib_smooth.jobs import run_interpolate
+
+    assert InterpolateRequest(prompt_a="a").width is None and sd1.native_size == 64  # tiny UNet: 8 latent cells × 8
+    result = run_interpolate(sd1, InterpolateRequest(prompt_a="a cat", frames=2, steps=1))
+    assert result.frames[0].size == (64, 64) and (result.sidecar["settings"]["width"], result.sidecar["settings"]["height"]) == (64, 64)
+    wide = run_interpolate(sd1, InterpolateRequest(prompt_a="a cat", frames=2, steps=1, width=128))
+    assert wide.frames[0].size == (128, 64)
+
+
+def test_native_size_of_the_standard_families():
+    import types
+
+    from lib_smooth.requests import native_size
+
+    assert native_size(types.SimpleNamespace()) == 512  # a backend that does not say
+    assert native_size(types.SimpleNamespace(native_size=1024)) == 1024

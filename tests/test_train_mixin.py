@@ -171,10 +171,41 @@ def test_state_registered_and_metadata_written():
     ({"smooth_interval": 0}, "smooth_interval"), ({"smooth_interval": "2.5"}, "smooth_interval must be an integer"),
     ({"smooth_lambda": "much"}, "invalid Smooth Diffusion option"), ({"smooth_method": "hvp"}, "smooth_method"),
     ({"xformers": True}, "xformers"), ({"mem_eff_attn": True}, "mem_eff_attn"), ({"torch_compile": True}, "torch.compile"),
+    ({"sdpa": True, "gradient_checkpointing": True}, "sdpa together with gradient checkpointing"),
+    ({"smooth_method": "jvp_fd", "network_args": ["rank_dropout=0.1"]}, "network dropout"),
+    ({"smooth_method": "jvp_fd", "network_dropout": 0.1}, "network dropout"),
+    ({"zero_terminal_snr": True}, "zero_terminal_snr with an ε-prediction model"),
 ])
 def test_invalid_options_stop_before_training(overrides, message):
     with pytest.raises(SystemExit, match=message):
         make_args(**overrides)
+
+
+def test_settings_the_regularizer_can_live_with_pass():
+    make_args(sdpa=True)  # sdpa alone: the regularized forward switches to the math kernel
+    make_args(zero_terminal_snr=True, v_parameterization=True)  # v-models keep x̂₀ finite at the last timestep
+    make_args(smooth_method="jvp_fd", network_args=["rank_dropout=0", "conv_dim=4"])
+
+
+def test_lazy_steps_log_no_stale_regularizer_values():
+    unet, args, trainer = ToyUNet(), make_args(smooth_interval=2), Trainer()
+    logged = []
+    for i in range(4):
+        step(trainer, args, unet, batch(i))
+        logged.append(sorted(k for k in trainer.generate_step_logs(args, 1.0, 1.0) if k.startswith("reg/")))
+    assert logged == [["reg/penalty", "reg/target_a", "reg/variation_mean"], [], ["reg/penalty", "reg/target_a", "reg/variation_mean"], []]
+
+
+def test_a_plain_train_network_state_resumes_with_a_fresh_target(tmp_path):
+    plain_state = tmp_path / "plain-state"
+    plain_state.mkdir()
+    args, trainer, accelerator = make_args(resume=str(plain_state)), Trainer(), FakeAccelerator()
+    with pytest.warns(UserWarning, match="holds no Smooth Diffusion state"):
+        trainer.load_target_model(args, torch.float32, accelerator)
+    assert accelerator.registered == []  # accelerate would otherwise fail looking for custom_checkpoint_0.pkl
+    (plain_state / "custom_checkpoint_0.pkl").write_bytes(b"")
+    trainer.load_target_model(args, torch.float32, accelerator)
+    assert accelerator.registered == [trainer.smooth]
 
 
 def test_toml_strings_are_coerced():

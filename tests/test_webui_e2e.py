@@ -83,8 +83,8 @@ def write_hf_cache(home: Path) -> None:
     (snapshot / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 768, "text_config": text}))
 
 
-def launch(root: Path, checkpoint: Path, *extra: str):
-    """Start the WebUI API-only on a free port; returns (process, base URL) once our routes answer."""
+def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
+    """Start the WebUI API-only (or with its UI and API) on a free port; returns (process, base URL) once our routes answer."""
     port = free_port()
     env = dict(os.environ, HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
                NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1")
@@ -93,7 +93,10 @@ def launch(root: Path, checkpoint: Path, *extra: str):
     process = subprocess.Popen(
         [python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test", "--skip-python-version-check",
          "--skip-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-nan-check", "--no-download-sd-model",
-         "--ckpt", str(checkpoint), "--lora-dir", str(root / "loras"), "--server-name", "127.0.0.1", "--port", str(port), "--nowebui", *extra],
+         "--ckpt", str(checkpoint), "--lora-dir", str(root / "loras"), "--server-name", "127.0.0.1", "--port", str(port), "--api" if ui else "--nowebui",
+         # settings and UI state files of the test's own: the user's are neither read (saved slider bounds would
+         # hide ours) nor written
+         "--ui-settings-file", str(root / "config.json"), "--ui-config-file", str(root / "ui-config.json"), *extra],
         cwd=WEBUI, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -186,6 +189,13 @@ def txt2img(webui) -> np.ndarray:
 def test_version_and_loras(webui):
     assert call(webui, "/smooth-diffusion/v1/version")[1]["version"]
     assert "smooth-e2e" in call(webui, "/smooth-diffusion/v1/loras")[1]["loras"]
+
+
+def test_size_defaults_to_the_loaded_models_native_size(webui):
+    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "frames": 2, "steps": 2})
+    assert status == 200, body
+    assert image(body["frames"][0]).shape == (64, 64, 3)  # the tiny checkpoint's yaml: 8 latent cells, not 512 px
+    assert (body["sidecar"]["settings"]["width"], body["sidecar"]["settings"]["height"]) == (64, 64)
 
 
 def test_interpolation_between_seeds(webui):
@@ -465,3 +475,53 @@ def test_accordion_refuses_what_it_cannot_apply_and_never_applies_twice(webui):
     status, body = call(webui, "/sdapi/v1/txt2img", pasted)
     assert status == 200, body
     assert np.array_equal(image(body["images"][0]), image(once["images"][0]))
+
+
+def test_inversion_under_medvram_goes_through_the_low_vram_wrappers(installed, webui):
+    """--medvram wraps first_stage_model.encode to move the VAE where it is needed; inverting through it
+    gives exactly the numbers of a plain launch (on CPU the code path is what can be checked)."""
+    body = {"image": drawn(), "prompt": "an orange circle", "steps": 4, "width": 64, "height": 64}
+    status, plain = call(webui, "/smooth-diffusion/v1/invert", body)
+    assert status == 200, plain
+    process, base = launch(*installed, "--medvram")
+    try:
+        status, medvram = call({"base": base}, "/smooth-diffusion/v1/invert", body)
+    finally:
+        stop(process)
+    assert status == 200, medvram
+    assert medvram["metrics"]["mse"] == pytest.approx(plain["metrics"]["mse"], rel=1e-6)
+    assert np.array_equal(image(medvram["reconstruction"]), image(plain["reconstruction"]))
+
+
+def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_panel(installed):
+    """The full UI (gradio 3.41): every slider of the tab takes its bounds from the request model the API
+    and the CLI validate with, and each panel has its Interrupt button."""
+    import dataclasses
+
+    from lib_smooth.requests import EditRequest, InterpolateRequest, IstdRequest
+
+    process, base = launch(*installed, ui=True)
+    try:
+        with urllib.request.urlopen(base + "/config", timeout=60) as response:
+            config = json.loads(response.read())
+    finally:
+        stop(process)
+    components = [c.get("props", {}) for c in config["components"]]
+    by_label = {}
+    for props in components:
+        if props.get("elem_id", "") and str(props.get("elem_id")).startswith("smooth_diffusion"):
+            by_label.setdefault(props.get("label"), []).append(props)
+    labels = {props.get("label") for props in components}
+    for cls, name, label in ((InterpolateRequest, "frames", "Frames"), (InterpolateRequest, "steps", "DDIM steps"),
+                             (IstdRequest, "points", "Points per sequence (paper: 11)"), (IstdRequest, "pairs", "Noise pairs per prompt"),
+                             (EditRequest, "switch_ratio", "Switch threshold r (target prompt for the last r of the steps)"),
+                             (InterpolateRequest, "guidance", "Guidance"), (InterpolateRequest, "lora_weight", "LoRA weight")):
+        meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+        sliders = [p for p in components if p.get("label") == label and "minimum" in p]
+        assert sliders, label
+        for props in sliders:
+            assert (props["minimum"], props["maximum"]) == (meta["low"], meta["high"]), (label, props)
+    ids = {props.get("elem_id") for props in components}
+    assert {"smooth_diffusion_interpolate_interrupt", "smooth_diffusion_invert_interrupt", "smooth_diffusion_istd_interrupt"} <= ids
+    assert any(str(i).endswith("_refresh") and "smooth" in str(i) for i in ids)  # the accordion's LoRA list can be rescanned
+    assert "Width (0: model's native size)" in labels

@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -77,6 +78,21 @@ def add_smooth_arguments(parser: argparse.ArgumentParser) -> None:
                        help="vjp: exact Jacobianᵀ-vector product by double backward (official); jvp_fd: finite-difference Jacobian-vector product, no double backward (approximation)")
 
 
+def uses_network_dropout(args: argparse.Namespace) -> bool:
+    """--network_dropout, or rank_dropout / module_dropout in --network_args, above 0."""
+    if float(getattr(args, "network_dropout", None) or 0) > 0:
+        return True
+    for item in getattr(args, "network_args", None) or []:
+        key, _, value = str(item).partition("=")
+        if key.strip() in ("rank_dropout", "module_dropout", "dropout"):
+            try:
+                if float(value) > 0:
+                    return True
+            except ValueError:
+                return True  # an unreadable value: sd-scripts will refuse it, do not guess
+    return False
+
+
 def validate_smooth_args(args: argparse.Namespace) -> None:
     """Check the regularizer options (TOML values skip argparse's type checks) before any model loads."""
     try:
@@ -96,6 +112,8 @@ def validate_smooth_args(args: argparse.Namespace) -> None:
                 torch_compile=bool(getattr(args, "torch_compile", False)),
                 mixed_precision=str(getattr(args, "mixed_precision", "no")),
                 sdpa_with_checkpointing=bool(getattr(args, "sdpa", False)) and bool(getattr(args, "gradient_checkpointing", False)),
+                dropout=uses_network_dropout(args),
+                zero_terminal_snr_eps=bool(getattr(args, "zero_terminal_snr", False)) and not bool(getattr(args, "v_parameterization", False)),
             )
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: invalid Smooth Diffusion option: {error}") from None
@@ -131,7 +149,13 @@ class SmoothRegularizerMixin:
     # -- model loading: state registration and checkpointing mode ---------------------------------
     def load_target_model(self, args, weight_dtype, accelerator):
         loaded = super().load_target_model(args, weight_dtype, accelerator)
-        accelerator.register_for_checkpointing(self._regularizer(args))
+        resume = getattr(args, "resume", None)
+        if resume and Path(resume).is_dir() and not (Path(resume) / "custom_checkpoint_0.pkl").exists():
+            # a state saved by plain train_network.py: accelerate would look for a custom object it never saved
+            warnings.warn(f"{resume} holds no Smooth Diffusion state (saved by plain train_network.py?): the moving target a "
+                          "starts again at 0, and states saved by this run will not hold it either", stacklevel=2)
+        else:
+            accelerator.register_for_checkpointing(self._regularizer(args))
         return loaded
 
     # -- capturing the training UNet call ---------------------------------------------------------
@@ -178,7 +202,7 @@ class SmoothRegularizerMixin:
         reg = self._regularizer(args)
         captured, self._captured = self._captured, None
         if captured is None:
-            reg.skip_step()
+            reg.skip_step()  # the last regularized step's values stay pending until they are logged once
             return loss
         noisy_latents, timesteps, output, x0_of_subset = captured
         x0 = self._x0(args, output, noisy_latents, timesteps)
@@ -191,6 +215,8 @@ class SmoothRegularizerMixin:
         logs = super().generate_step_logs(args, *rest, **kwargs)
         if args.smooth_lambda > 0 and not math.isnan(self._last_stats["variation_mean"]):
             logs.update({f"reg/{key}": value for key, value in self._last_stats.items()})
+            # logged once: steps that do not regularize (interval > 1) log no reg/* values instead of repeating these
+            self._last_stats = {"variation_mean": float("nan"), "target_a": self._last_stats["target_a"], "penalty": 0.0}
         return logs
 
     def update_metadata(self, metadata, args):

@@ -6,10 +6,11 @@ Install with ``pip install .[diffusers]``. Nothing here contacts a model hub: ev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -54,13 +55,17 @@ class DiffusersBackend:
         if parameterization not in ("eps", "v"):
             raise ValueError(f"parameterization must be 'eps' or 'v', got {parameterization!r}")
         self.device, self.dtype = torch.device(device), dtype
-        self.unet_model = unet.to(self.device, dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
-        self.text_encoders = [te.to(self.device, dtype).eval().requires_grad_(False) for te in text_encoders]
+        with quiet_loading():
+            self.unet_model = unet.to(self.device, dtype).eval().requires_grad_(False)
+            self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
+            self.text_encoders = [te.to(self.device, dtype).eval().requires_grad_(False) for te in text_encoders]
         self.tokenizers = list(tokenizers)
         self.alphas_cumprod = alphas_cumprod.float().cpu()
         self.parameterization, self.arch = parameterization, arch
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        sample_size = unet.config.sample_size
+        # the side it was trained at: the default of every job's width and height
+        self.native_size = int(sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_scale
         self.scaling_factor = float(vae.config.scaling_factor)
         self._identity = identity or state_dict_hash(self.unet_model, self.vae, *self.text_encoders)
         self._applied: Optional[AppliedLora] = None
@@ -183,13 +188,35 @@ def load_diffusers_folder(folder: Path, device: str = "cpu", dtype: torch.dtype 
     return DiffusersBackend(unet, vae, encoders, tokenizers, _alphas_cumprod(scheduler), parameterization, arch, device=device, dtype=dtype)
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No per-load noise: transformers' "Loading weights" bar and diffusers' "should be kept in float32: []"
+    warning (raised by .to() even when no module needs fp32) say nothing a user can act on. Errors still show."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bar = transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        if bar:
+            transformers_logging.enable_progress_bar()
+
+
 def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, prediction: Optional[str] = None, config_dir: Optional[str | Path] = None) -> DiffusersBackend:
     """Load a diffusers folder or a single-file SD1.x / SD2.x / SDXL checkpoint (.safetensors / .ckpt)."""
     path = Path(path)
-    if path.is_dir():
-        return load_diffusers_folder(path, device, dtype, prediction)
-    if path.is_file():
-        from .single_file import load_single_file
+    with quiet_loading():
+        if path.is_dir():
+            return load_diffusers_folder(path, device, dtype, prediction)
+        if path.is_file():
+            from .single_file import load_single_file
 
-        return load_single_file(path, device=device, dtype=dtype, prediction=prediction, config_dir=config_dir)
+            return load_single_file(path, device=device, dtype=dtype, prediction=prediction, config_dir=config_dir)
     raise ModelFilesError(f"missing {path}: give a diffusers folder or a .safetensors/.ckpt checkpoint file")

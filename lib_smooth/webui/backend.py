@@ -1,19 +1,38 @@
 """lib_smooth's Backend protocol over the WebUI's loaded model (SD1.x, SD2.x incl. v-prediction, SDXL).
 
-The UNet is called through the model's ``apply_model`` — not the bare diffusion model — so medvram /
-lowvram hooks and the WebUI's dtype casts apply; VAE encoding is deterministic (the posterior mean);
+The UNet is called through the model's ``apply_model`` and the VAE through ``encode`` / ``decode_first_stage``
+— never their inner modules — so the --medvram / --lowvram wrappers that move each model to the GPU
+and the WebUI's dtype casts apply; VAE encoding is deterministic (the posterior mean);
 text goes through ``get_learned_conditioning`` with the WebUI's prompt syntax (emphasis, embeddings).
 Latent math stays float32; model calls run under the WebUI's autocast.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 
 from ..backend import Conditioning
 from ..errors import SmoothDiffusionError
+
+
+@contextlib.contextmanager
+def posterior_mode() -> Iterator[None]:
+    """SDXL's first stage (sgm's AutoencoderKLInferenceWrapper) returns a *sample* of the posterior from
+    encode(); for the duration, its sample() gives the mode (the mean), so encode() is deterministic."""
+    try:
+        from sgm.modules.distributions import distributions
+    except ImportError:  # no sgm: SD1/SD2 only, whose encode() returns the posterior itself
+        yield
+        return
+    original = distributions.DiagonalGaussianDistribution.sample
+    distributions.DiagonalGaussianDistribution.sample = distributions.DiagonalGaussianDistribution.mode
+    try:
+        yield
+    finally:
+        distributions.DiagonalGaussianDistribution.sample = original
 
 
 class UnsupportedHost(SmoothDiffusionError):
@@ -49,6 +68,9 @@ class WebUIBackend:
         self.dtype = devices.dtype_unet
         self.scale_factor = float(self.model.scale_factor)
         self.is_sdxl = bool(getattr(self.model, "is_sdxl", False))
+        # ldm models keep the yaml's latent image_size (64 SD1, 96 SD2-v, 8 shapes-sd1); sgm's SDXL has none
+        latent_size = getattr(self.model, "image_size", None)
+        self.native_size = 1024 if self.is_sdxl or not latent_size else int(latent_size) * self.vae_scale
         self.lora_label = ""
 
     @property
@@ -70,15 +92,15 @@ class WebUIBackend:
         return cond.float()
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The posterior mean × scale factor (the WebUI's own encode samples, which inversion must not)."""
+        """The posterior mean × scale factor (the WebUI's own encode samples, which inversion must not).
+
+        Through ``first_stage_model.encode``: under --medvram / --lowvram that is the wrapper that moves
+        the VAE to the GPU, so the VAE is never called where it is not."""
         first_stage = self.model.first_stage_model
-        with torch.no_grad(), self._devices.autocast():
-            x = images.to(self.device, self._devices.dtype_vae)
-            moments = first_stage.encoder(x)
-            if getattr(first_stage, "quant_conv", None) is not None:
-                moments = first_stage.quant_conv(moments)
-            mean = moments.float().chunk(2, dim=1)[0]
-        return mean * self.scale_factor
+        with torch.no_grad(), self._devices.autocast(), posterior_mode():
+            encoded = first_stage.encode(images.to(self.device, self._devices.dtype_vae))
+            mean = encoded.mean if hasattr(encoded, "mean") and not torch.is_tensor(encoded) else encoded  # ldm: a posterior; sgm: its mode
+        return mean.float() * self.scale_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self._devices.autocast():

@@ -17,7 +17,7 @@ from .. import __version__
 from ..export import write_animation, write_json
 from ..images import png_bytes
 from ..metrics import EXPLANATIONS
-from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, validate
+from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, field_meta, type_name, validate
 from .api import execute
 
 TAB_ID = "smooth_diffusion"
@@ -36,6 +36,8 @@ def on_ui_settings() -> None:
         "smooth_diffusion_lora_weight": shared.OptionInfo(1.0, "Default LoRA weight", gr.Slider, {"minimum": 0.0, "maximum": 2.0, "step": 0.05}, section=section),
         "smooth_diffusion_frames": shared.OptionInfo(24, "Default interpolation frames", gr.Slider, {"minimum": 2, "maximum": 120, "step": 1}, section=section),
         "smooth_diffusion_steps": shared.OptionInfo(50, "Default DDIM steps", gr.Slider, {"minimum": 1, "maximum": 150, "step": 1}, section=section),
+        "smooth_diffusion_size": shared.OptionInfo(0, "Default width and height (0: the loaded model's native size — 512 SD1, 768 SD2-v, 1024 SDXL, "
+                                                   "64 shapes-sd1)", gr.Slider, {"minimum": 0, "maximum": 2048, "step": 8}, section=section),
         "smooth_diffusion_formats": shared.OptionInfo(["gif"], "Animation formats to save (mp4 needs ffmpeg)", gr.CheckboxGroup, {"choices": ["gif", "webp", "mp4"]}, section=section),
         "smooth_diffusion_outdir": shared.OptionInfo("outputs/smooth-diffusion", "Output folder", section=section),
     }
@@ -95,6 +97,16 @@ def save_run(job: str, images: dict, sidecar: dict, frames=None) -> Path:
     return folder
 
 
+def _size_fields(width, height) -> dict:
+    """A size slider at 0 means the loaded model's native size (the request leaves it unset)."""
+    return {"width": int(width) or None, "height": int(height) or None}
+
+
+def request_size(result: dict) -> str:
+    settings = result["sidecar"]["settings"]
+    return f"{settings['width']}×{settings['height']}"
+
+
 def _lora_fields(lora: str, weight: float) -> dict:
     return {"lora": None if lora in (None, "", NONE) else lora, "lora_weight": float(weight)}
 
@@ -104,7 +116,7 @@ def interpolate(task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, neg
     encode = lambda img: base64.b64encode(png_bytes(img)).decode() if img is not None else None  # noqa: E731
     request = validate(InterpolateRequest(prompt_a=prompt_a, prompt_b=prompt_b, negative_prompt=negative, image_a=encode(image_a), image_b=encode(image_b),
                                           seed_a=int(seed_a), seed_b=int(seed_b), frames=int(frames), steps=int(steps), guidance=float(guidance),
-                                          inversion_guidance=float(inversion_guidance), inversion=inversion, width=int(width), height=int(height),
+                                          inversion_guidance=float(inversion_guidance), inversion=inversion, **_size_fields(width, height),
                                           **_lora_fields(lora, weight)))
     result = execute("interpolate", request)
     folder = save_run("interpolate", {}, result["sidecar"], result["frames"])
@@ -116,7 +128,7 @@ def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative
     if image is None:
         raise ValueError("upload an image to invert")
     fields = dict(image=base64.b64encode(png_bytes(image)).decode(), prompt=prompt, negative_prompt=negative, steps=int(steps), guidance=float(guidance),
-                  inversion_guidance=float(inversion_guidance), inversion=inversion, width=int(width), height=int(height), **_lora_fields(lora, weight))
+                  inversion_guidance=float(inversion_guidance), inversion=inversion, **_size_fields(width, height), **_lora_fields(lora, weight))
     job = "edit" if target_prompt.strip() else "invert"
     request = validate(EditRequest(target_prompt=target_prompt, switch_ratio=float(switch_ratio), **fields) if job == "edit" else InvertRequest(**fields))
     result = execute(job, request)
@@ -134,7 +146,7 @@ def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative
 def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidance, width, height, seed):
     prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
     request = validate(IstdRequest(prompts=prompts, pairs=int(pairs), points=int(points), steps=int(steps), guidance=float(guidance),
-                                   width=int(width), height=int(height), seed=int(seed), compare_without_lora=lora not in (None, "", NONE),
+                                   **_size_fields(width, height), seed=int(seed), compare_without_lora=lora not in (None, "", NONE),
                                    **_lora_fields(lora, weight)))
     result = execute("istd", request)
     reports = [("with LoRA" if request.lora else "checkpoint", result["istd"])]
@@ -144,7 +156,7 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
     header = "".join(f"<th title='{text}'>{key}</th>" for key, text in EXPLANATIONS.items())
     notes = "".join(f"<li><b>{key}</b>: {text}</li>" for key, text in EXPLANATIONS.items())
     html = (f"<table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table>"
-            f"<p>{width}×{height} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>")
+            f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>")
     plot = _distance_plot(reports)
     save_run("istd", {"distances": plot}, dict(result["sidecar"], report={name: r for name, r in reports}))
     return plot, html
@@ -175,21 +187,39 @@ def _distance_plot(reports):
     return image
 
 
-def _limits(name: str) -> dict:
-    """Slider bounds from the request model's field metadata, so the UI, API and CLI share limits."""
+def slider(cls: type, name: str, label: str, value=None, step=None, **extra):
+    """A slider whose bounds come from the request model's field metadata, so the tab, the API and the
+    CLI share limits; `value` defaults to the field's default, `step` to 1 for integers."""
     import dataclasses
 
-    meta = next(f.metadata for f in dataclasses.fields(InterpolateRequest) if f.name == name)
-    return {"minimum": meta["low"], "maximum": meta["high"], "step": meta.get("multiple_of") or 1}
+    import gradio as gr
+
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    meta = spec.metadata
+    step = step or meta.get("multiple_of") or (1 if type_name(spec) == "int" else 0.05)
+    return gr.Slider(minimum=meta["low"], maximum=meta["high"], step=step, value=spec.default if value is None else value, label=label, **extra)
 
 
 def _size_row():
     import gradio as gr
 
+    side = int(_opt("smooth_diffusion_size", 0))
+    meta = field_meta(InterpolateRequest, "width")
     with gr.Row():
-        width = gr.Slider(value=512, label="Width", **_limits("width"))
-        height = gr.Slider(value=512, label="Height", **_limits("height"))
+        # 0 = the loaded model's native size; the request model's limits otherwise
+        width = gr.Slider(minimum=0, maximum=meta["high"], step=meta["multiple_of"], value=side, label="Width (0: model's native size)")
+        height = gr.Slider(minimum=0, maximum=meta["high"], step=meta["multiple_of"], value=side, label="Height (0: model's native size)")
     return width, height
+
+
+def _interrupt_button(job: str):
+    """The WebUI's own Interrupt: stops the running job within one sampling step."""
+    import gradio as gr
+    from modules import shared
+
+    button = gr.Button("Interrupt", elem_id=f"smooth_diffusion_{job}_interrupt")
+    button.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
+    return button
 
 
 def _submit_kwargs(js_function: str) -> dict:
@@ -214,8 +244,8 @@ def build_tab():
             default = _opt("smooth_diffusion_default_lora", NONE)
             lora = gr.Dropdown(label="Smooth-LoRA", choices=_lora_choices(), value=default if default in _lora_choices() else NONE, elem_id="smooth_diffusion_lora")
             refresh = gr.Button("🔄 Refresh", elem_id="smooth_diffusion_refresh")
-            weight = gr.Slider(0.0, 2.0, value=_opt("smooth_diffusion_lora_weight", 1.0), step=0.05, label="LoRA weight", elem_id="smooth_diffusion_weight")
-        refresh.click(fn=lambda: gr.update(choices=_lora_choices_refreshed()), inputs=[], outputs=[lora])
+            weight = slider(InterpolateRequest, "lora_weight", "LoRA weight", _opt("smooth_diffusion_lora_weight", 1.0), elem_id="smooth_diffusion_weight")
+        refresh.click(fn=lambda: gr.update(choices=lora_choices_refreshed()), inputs=[], outputs=[lora])
         task_id = gr.Textbox(visible=False, elem_id="smooth_diffusion_task")
         frames_default, steps_default = _opt("smooth_diffusion_frames", 24), _opt("smooth_diffusion_steps", 50)
         with gr.Tabs(elem_id="smooth_diffusion_panels"):
@@ -232,15 +262,17 @@ def build_tab():
                             seed_a = gr.Number(label="Seed A", value=1, precision=0)
                             seed_b = gr.Number(label="Seed B", value=2, precision=0)
                         with gr.Row():
-                            frames = gr.Slider(2, 120, value=frames_default, step=1, label="Frames")
-                            steps = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
+                            frames = slider(InterpolateRequest, "frames", "Frames", frames_default)
+                            steps = slider(InterpolateRequest, "steps", "DDIM steps", steps_default)
                         with gr.Row():
-                            guidance = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
-                            inversion_guidance = gr.Slider(1.0, 30.0, value=1.0, step=0.5, label="Inversion guidance")
-                        inversion = gr.Dropdown(label="Inversion (image ends)", choices=["ddim", "ddim-no-text", "null-text", "dual-null-text"], value="ddim",
+                            guidance = slider(InterpolateRequest, "guidance", "Guidance", step=0.5)
+                            inversion_guidance = slider(InterpolateRequest, "inversion_guidance", "Inversion guidance", step=0.5)
+                        inversion = gr.Dropdown(label="Inversion (image ends)", choices=list(field_meta(InterpolateRequest, "inversion")["choices"]), value="ddim",
                                                 info="null-text: official demo's default, ≈ 10× slower inversion, far better reconstruction")
                         width, height = _size_row()
-                        go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
+                        with gr.Row():
+                            go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
+                            _interrupt_button("interpolate")
                     with gr.Column():
                         gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 6, with_animation=True)
                 go.click(fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
@@ -254,15 +286,17 @@ def build_tab():
                         source = gr.Textbox(label="Source prompt (describes the image)", lines=2)
                         target = gr.Textbox(label="Target prompt (optional: edit)", lines=2)
                         negative_inv = gr.Textbox(label="Negative prompt")
-                        switch = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Switch threshold r (target prompt for the last r of the steps)")
+                        switch = slider(EditRequest, "switch_ratio", "Switch threshold r (target prompt for the last r of the steps)")
                         with gr.Row():
-                            steps_inv = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
-                            guidance_inv = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
-                            inversion_guidance_inv = gr.Slider(1.0, 30.0, value=1.0, step=0.5, label="Inversion guidance")
-                        mode = gr.Dropdown(label="Inversion", choices=["ddim", "ddim-no-text", "null-text"], value="ddim",
+                            steps_inv = slider(InvertRequest, "steps", "DDIM steps", steps_default)
+                            guidance_inv = slider(InvertRequest, "guidance", "Guidance", step=0.5)
+                            inversion_guidance_inv = slider(InvertRequest, "inversion_guidance", "Inversion guidance", step=0.5)
+                        mode = gr.Dropdown(label="Inversion", choices=list(field_meta(InvertRequest, "inversion")["choices"]), value="ddim",
                                            info="null-text: steps × 10 extra UNet passes; much better reconstruction")
                         width_inv, height_inv = _size_row()
-                        go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
+                        with gr.Row():
+                            go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
+                            _interrupt_button("invert")
                     with gr.Column():
                         results, _, info_inv, report = _results_column("invert", "Input · reconstruction · edit", "smooth_diffusion_inversion_gallery", 3)
                 go_inv.click(fn=wrap_gradio_gpu_call(invert_or_edit, extra_outputs=[None, ""]),
@@ -274,14 +308,16 @@ def build_tab():
                     with gr.Column():
                         prompts = gr.Textbox(label="Prompts, one per line", lines=6, value="\n".join(DEFAULT_PROMPTS))
                         with gr.Row():
-                            pairs = gr.Slider(1, 100, value=2, step=1, label="Noise pairs per prompt")
-                            points = gr.Slider(3, 31, value=11, step=1, label="Points per sequence (paper: 11)")
+                            pairs = slider(IstdRequest, "pairs", "Noise pairs per prompt", 2)
+                            points = slider(IstdRequest, "points", "Points per sequence (paper: 11)")
                         with gr.Row():
-                            steps_istd = gr.Slider(1, 150, value=steps_default, step=1, label="DDIM steps")
-                            guidance_istd = gr.Slider(1.0, 30.0, value=7.5, step=0.5, label="Guidance")
+                            steps_istd = slider(IstdRequest, "steps", "DDIM steps", steps_default)
+                            guidance_istd = slider(IstdRequest, "guidance", "Guidance", step=0.5)
                         width_istd, height_istd = _size_row()
                         seed_istd = gr.Number(label="Seed", value=0, precision=0)
-                        go_istd = gr.Button("Measure ISTD", variant="primary", elem_id="smooth_diffusion_istd")
+                        with gr.Row():
+                            go_istd = gr.Button("Measure ISTD", variant="primary", elem_id="smooth_diffusion_istd")
+                            _interrupt_button("istd")
                     with gr.Column():
                         gr.HTML("<div id='smooth_diffusion_istd_progress'></div>")
                         plot = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_plot")
@@ -292,7 +328,7 @@ def build_tab():
     return [(tab, "Smooth Diffusion", TAB_ID)]
 
 
-def _lora_choices_refreshed() -> List[str]:
+def lora_choices_refreshed() -> List[str]:
     try:
         from .lora import refresh
 
