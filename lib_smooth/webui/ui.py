@@ -163,27 +163,39 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
 
 
 def _distance_plot(reports):
-    """Adjacent-frame distances per step (mean over sequences), one line per model, the mean step dashed."""
+    """Adjacent-frame distances per step (mean over sequences), one line per model, each mean step dashed;
+    values on both axes, title and legend above the plot area (nothing is drawn under the image's label)."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = 640, 320, 40
+    width, height = 640, 340
+    left, right, top, bottom = 64, 20, 56, 44
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     values = [v for _, r in reports for v in r["mean"]["distances"]]
-    top = max(values) * 1.1 if values and max(values) > 0 else 1.0
+    highest = max(values) * 1.1 if values and max(values) > 0 else 1.0
     steps = len(reports[0][1]["mean"]["distances"])
-    x = lambda i: margin + i * (width - 2 * margin) / max(steps - 1, 1)  # noqa: E731
-    y = lambda v: height - margin - v / top * (height - 2 * margin)  # noqa: E731
-    draw.line([(margin, height - margin), (width - margin, height - margin)], fill="black")
-    draw.line([(margin, margin), (margin, height - margin)], fill="black")
-    for (name, report), colour in zip(reports, ("#d62728", "#1f77b4")):
+    x = lambda i: left + i * (width - left - right) / max(steps - 1, 1)  # noqa: E731
+    y = lambda v: height - bottom - v / highest * (height - top - bottom)  # noqa: E731
+    draw.text((left, 8), "Adjacent-frame L2 distance per step (dashed: each model's mean step)", fill="black")
+    draw.line([(left, height - bottom), (width - right, height - bottom)], fill="black")
+    draw.line([(left, top), (left, height - bottom)], fill="black")
+    for fraction in (0.0, 0.5, 1.0):
+        value = highest * fraction
+        draw.line([(left - 4, y(value)), (left, y(value))], fill="black")
+        draw.text((4, y(value) - 6), f"{value:.3g}", fill="black")
+    for i in range(steps):
+        draw.line([(x(i), height - bottom), (x(i), height - bottom + 4)], fill="black")
+        draw.text((x(i) - 3, height - bottom + 6), str(i + 1), fill="black")
+    draw.text(((width - 120) // 2, height - 16), "step between frames", fill="black")
+    for index, ((name, report), colour) in enumerate(zip(reports, ("#d62728", "#1f77b4"))):
         points = [(x(i), y(v)) for i, v in enumerate(report["mean"]["distances"])]
         draw.line(points, fill=colour, width=2)
         mean = y(report["mean"]["mean_step"])
-        for start in range(margin, width - margin, 12):
+        for start in range(left, width - right, 12):
             draw.line([(start, mean), (start + 6, mean)], fill=colour)
-        draw.text((points[-1][0] - 110, points[-1][1] - 14), name, fill=colour)
-    draw.text((margin, 8), "adjacent-frame L2 distance per step (dashed: mean step)", fill="black")
+        legend_x = left + 8 + index * 200
+        draw.line([(legend_x, 32), (legend_x + 20, 32)], fill=colour, width=2)
+        draw.text((legend_x + 26, 26), name, fill=colour)
     return image
 
 
@@ -320,7 +332,7 @@ def build_tab():
                             _interrupt_button("istd")
                     with gr.Column():
                         gr.HTML("<div id='smooth_diffusion_istd_progress'></div>")
-                        plot = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_plot")
+                        plot = gr.Image(label="Adjacent-frame distances", show_label=False, type="pil", elem_id="smooth_diffusion_plot")
                         table = gr.HTML(elem_id="smooth_diffusion_istd_log")
                 go_istd.click(fn=wrap_gradio_gpu_call(smoothness, extra_outputs=[None]),
                               inputs=[task_id, lora, weight, prompts, pairs, points, steps_istd, guidance_istd, width_istd, height_istd, seed_istd],
