@@ -193,3 +193,44 @@ def test_shipped_configs_train_a_step_as_shipped(workspace, config):
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=1200, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert list(out.glob("*.safetensors")), result.stdout[-2000:]
+
+
+@pytest.mark.skipif(not os.environ.get("SMOOTH_TEST_SDXL"),
+                    reason="set SMOOTH_TEST_SDXL=1 to also train a full-size random SDXL through sd-scripts (≈ 20 GB of RAM, several minutes)")
+def test_sdxl_trainer_with_checkpointing_and_batch_shrink(workspace):
+    """The SDXL trainer for real: a full-size random SDXL base (fp16 single file), gradient checkpointing
+    (switched to non-reentrant, which keeps the double-backward graph) and batch shrink, whose subset
+    forward needs SDXL's per-sample size conditioning (per_sample_batch_keys) cut to the subset."""
+    from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer
+
+    root = workspace["root"]
+    checkpoint = root / "sdxl-random.safetensors"
+    if not checkpoint.exists():
+        # built in a child process so its ≈ 7 GB are free again before sd-scripts loads the model
+        build = ("import sys\nfrom pathlib import Path\nfrom lib_smooth.backends.tiny import build_full_size_backend\n"
+                 "from lib_smooth.backends.ldm_layout import save_single_file\n"
+                 "save_single_file(build_full_size_backend('sdxl', tokenizer_dir=Path(sys.argv[2])), Path(sys.argv[1]))\n")
+        result = subprocess.run([sys.executable, "-c", build, str(checkpoint), str(root / "sdxl-tok")], capture_output=True, text=True,
+                                env=dict(ENV, PYTHONPATH=str(REPO)), timeout=1800)
+        assert result.returncode == 0, result.stderr[-3000:]
+    tokenizers = root / "sdxl-tokenizers"
+    write_clip_tokenizer(tokenizers / "openai_clip-vit-large-patch14")
+    write_clip_tokenizer(tokenizers / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", pad_token="!")
+    out = root / "sdxl"
+    command = [
+        PYTHON, str(REPO / "train" / "smooth_sdxl_train_network.py"), "--sd_scripts_dir", SD_SCRIPTS,
+        "--pretrained_model_name_or_path", str(checkpoint), "--tokenizer_cache_dir", str(tokenizers),
+        "--dataset_config", str(root / "dataset_b2.toml"), "--resolution", "64", "--max_train_steps", "2",
+        "--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "4", "--network_train_unet_only",
+        "--gradient_checkpointing", "--smooth_batch_shrink", "2", "--mixed_precision", "no", "--optimizer_type", "AdamW",
+        "--learning_rate", "1e-3", "--seed", "42", "--output_dir", str(out), "--output_name", "sdxl", "--save_model_as", "safetensors",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=3600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    with safe_open(str(out / "sdxl.safetensors"), "pt") as handle:
+        metadata, modules = handle.metadata(), {key.split(".")[0] for key in handle.keys()}
+    assert metadata["ss_smooth_batch_shrink"] == "2" and metadata["ss_smooth_lambda"] == "1.0"
+    assert any(name.startswith("lora_unet_input_blocks_") for name in modules)  # SGM names, as kohya writes SDXL
+    from lib_smooth.lora_formats import load_lora
+
+    assert load_lora(out / "sdxl.safetensors").arch == "sdxl"

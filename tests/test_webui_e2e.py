@@ -244,6 +244,23 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_up(webui):
     assert status == 422 and "base64" in body["detail"]
     status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a", "lora": "no-such-lora"})
     assert status == 400 and "not found" in body["detail"]
+    for request, message in (({"prompt_a": "a", "frames": "3"}, "frames must be of type int; got '3'"),
+                             ({"prompt_a": "a", "steps": 1000}, "steps must be between 1 and 999"),
+                             ({"prompt_a": "a", "seed_a": -1}, "between 0 and 4294967295")):
+        status, body = call(webui, "/smooth-diffusion/v1/interpolate", request)
+        assert status == 422 and message in body["detail"], body
+    status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": "a cat"})
+    assert status == 422 and "List[str]" in body["detail"]
+    fields = call(webui, "/smooth-diffusion/v1/fields")[1]
+    assert fields["interpolate"]["seed_a"]["low"] == 0 and fields["istd"]["seed"]["low"] == 0  # limits of 0 are listed too
+    assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
+
+
+def test_an_image_far_too_large_is_refused_before_decoding(webui):
+    bomb = io.BytesIO()
+    Image.new("1", (16000, 16000)).save(bomb, format="PNG")  # 256 Mpx of one colour: a few hundred kB as PNG
+    status, body = call(webui, "/smooth-diffusion/v1/invert", {"image": base64.b64encode(bomb.getvalue()).decode(), "prompt": "x"})
+    assert status == 422 and "megapixels" in body["detail"], body
     assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
 
 
@@ -331,6 +348,10 @@ def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
                                                                      "inversion": "null-text", "null_text_steps": 2})
             assert status == 200, body
             status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": ["a cat"], "points": 3, "steps": 2, "width": 64, "height": 64})
+            assert status == 200, body
+            # prompts over 75 tokens: the SD2 (OpenCLIP) and SDXL (two encoders, pooled vector) conditionings
+            status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a cat", "negative_prompt": LONG_PROMPT,
+                                                                           "frames": 3, "steps": 2, "width": 64, "height": 64})
             assert status == 200, body
         finally:
             stop(process)
@@ -525,3 +546,17 @@ def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_pane
     assert {"smooth_diffusion_interpolate_interrupt", "smooth_diffusion_invert_interrupt", "smooth_diffusion_istd_interrupt"} <= ids
     assert any(str(i).endswith("_refresh") and "smooth" in str(i) for i in ids)  # the accordion's LoRA list can be rescanned
     assert "Width (0: model's native size)" in labels
+
+
+def test_a_lora_added_after_start_up_is_found_without_a_refresh(webui, installed):
+    import shutil
+
+    root, _ = installed
+    late = root / "loras" / f"added-late-{os.getpid()}.safetensors"
+    shutil.copy(root / "loras" / "smooth-e2e.safetensors", late)
+    try:
+        status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "frames": 2, "steps": 2, "lora": late.stem})
+        assert status == 200, body
+        assert body["sidecar"]["lora"]["name"] == late.stem
+    finally:
+        late.unlink()
