@@ -34,10 +34,10 @@ class SmoothLoraAccordion(scripts.Script):
 
     def ui(self, is_img2img):
         with gr.Accordion("Smooth Diffusion", open=False, elem_id=self.elem_id("accordion")):
-            with gr.Row():
-                enabled = gr.Checkbox(label="Apply Smooth-LoRA", value=False, elem_id=self.elem_id("enabled"))
+            enabled = gr.Checkbox(label="Apply Smooth-LoRA", value=False, elem_id=self.elem_id("enabled"))
+            with gr.Row(elem_id=self.elem_id("lora_row")):
                 lora = gr.Dropdown(label="Smooth-LoRA", choices=smooth_ui._lora_choices(), value=smooth_ui.NONE, elem_id=self.elem_id("lora"))
-                refresh = gr.Button("🔄", elem_id=self.elem_id("refresh"))  # LoRAs added since start-up
+                refresh = smooth_ui.tool_button("🔄", self.elem_id("refresh"))  # LoRAs added since start-up
                 weight = smooth_ui.slider(InterpolateRequest, "lora_weight", "Weight", elem_id=self.elem_id("weight"))
             refresh.click(fn=lambda: gr.update(choices=smooth_ui.lora_choices_refreshed()), inputs=[], outputs=[lora])
         self.infotext_fields = [

@@ -172,19 +172,27 @@ def test_bad_settings_are_refused_before_loading(workspace, flag, message):
     assert "no-such-model" not in result.stderr + result.stdout
 
 
+def shipped_dataset(workspace, name: str, batch: int) -> Path:
+    """train/configs/dataset.toml with only the test's images, 64 px and `batch` per step: its own settings
+    (random crop, no flip, no caption dropout) stay as shipped."""
+    import tomllib
+
+    shipped = tomllib.loads((REPO / "train" / "configs" / "dataset.toml").read_text())
+    subset = dict(shipped["datasets"][0]["subsets"][0], image_dir=str(workspace["root"] / "images"))
+    lines = ["[general]"] + [f"{k} = {json.dumps(v)}" for k, v in shipped["general"].items()]
+    lines += ["[[datasets]]", "resolution = 64", f"batch_size = {batch}", "  [[datasets.subsets]]"]
+    lines += [f"  {k} = {json.dumps(v)}" for k, v in subset.items()]
+    path = workspace["root"] / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.mark.parametrize("config", ["sd15_paper.toml", "sd15_single_gpu.toml"])
 def test_shipped_configs_train_a_step_as_shipped(workspace, config):
     """Each shipped SD 1.x TOML as it is (bf16, its network, checkpointing and regularizer settings), with
     only the model, the images (dataset.toml's own settings kept, random crop included), one step and no
     gradient accumulation (the paper's 8 micro-steps would only repeat the same step)."""
-    import tomllib
-
-    shipped = tomllib.loads((REPO / "train" / "configs" / "dataset.toml").read_text())
-    dataset = workspace["root"] / f"shipped-{config}"
-    subset = dict(shipped["datasets"][0]["subsets"][0], image_dir=str(workspace["root"] / "images"))
-    lines = ['[general]'] + [f"{k} = {json.dumps(v)}" for k, v in shipped["general"].items()]
-    lines += ["[[datasets]]", "resolution = 64", "batch_size = 1", "  [[datasets.subsets]]"] + [f"  {k} = {json.dumps(v)}" for k, v in subset.items()]
-    dataset.write_text("\n".join(lines) + "\n")
+    dataset = shipped_dataset(workspace, f"shipped-{config}", batch=1)
     out = workspace["root"] / f"out-{config}"
     command = [PYTHON, str(REPO / "train" / "smooth_train_network.py"), "--sd_scripts_dir", SD_SCRIPTS,
                "--config_file", str(REPO / "train" / "configs" / config), "--pretrained_model_name_or_path", str(workspace["model"]),
@@ -198,9 +206,10 @@ def test_shipped_configs_train_a_step_as_shipped(workspace, config):
 @pytest.mark.skipif(not os.environ.get("SMOOTH_TEST_SDXL"),
                     reason="set SMOOTH_TEST_SDXL=1 to also train a full-size random SDXL through sd-scripts (≈ 20 GB of RAM, several minutes)")
 def test_sdxl_trainer_with_checkpointing_and_batch_shrink(workspace):
-    """The SDXL trainer for real: a full-size random SDXL base (fp16 single file), gradient checkpointing
-    (switched to non-reentrant, which keeps the double-backward graph) and batch shrink, whose subset
-    forward needs SDXL's per-sample size conditioning (per_sample_batch_keys) cut to the subset."""
+    """The SDXL trainer for real, with train/configs/sdxl.toml as shipped (bf16, gradient checkpointing
+    switched to non-reentrant, cached text-encoder outputs, its network): a full-size random SDXL base
+    (fp16 single file), two steps at 64 px, and batch shrink, whose subset forward needs SDXL's per-sample
+    size conditioning (per_sample_batch_keys) cut to the subset."""
     from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer
 
     root = workspace["root"]
@@ -219,18 +228,18 @@ def test_sdxl_trainer_with_checkpointing_and_batch_shrink(workspace):
     out = root / "sdxl"
     command = [
         PYTHON, str(REPO / "train" / "smooth_sdxl_train_network.py"), "--sd_scripts_dir", SD_SCRIPTS,
+        "--config_file", str(REPO / "train" / "configs" / "sdxl.toml"),
         "--pretrained_model_name_or_path", str(checkpoint), "--tokenizer_cache_dir", str(tokenizers),
-        "--dataset_config", str(root / "dataset_b2.toml"), "--resolution", "64", "--max_train_steps", "2",
-        "--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "4", "--network_train_unet_only",
-        "--gradient_checkpointing", "--smooth_batch_shrink", "2", "--mixed_precision", "no", "--optimizer_type", "AdamW",
-        "--learning_rate", "1e-3", "--seed", "42", "--output_dir", str(out), "--output_name", "sdxl", "--save_model_as", "safetensors",
+        "--dataset_config", str(shipped_dataset(workspace, "sdxl-dataset.toml", batch=2)), "--resolution", "64",
+        "--max_train_steps", "2", "--gradient_accumulation_steps", "1", "--smooth_batch_shrink", "2",
+        "--output_dir", str(out), "--output_name", "sdxl",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=3600)
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=3600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     with safe_open(str(out / "sdxl.safetensors"), "pt") as handle:
         metadata, modules = handle.metadata(), {key.split(".")[0] for key in handle.keys()}
     assert metadata["ss_smooth_batch_shrink"] == "2" and metadata["ss_smooth_lambda"] == "1.0"
-    assert any(name.startswith("lora_unet_input_blocks_") for name in modules)  # SGM names, as kohya writes SDXL
+    assert any(name.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_")) for name in modules)  # SGM names, as kohya writes SDXL
     from lib_smooth.lora_formats import load_lora
 
     assert load_lora(out / "sdxl.safetensors").arch == "sdxl"

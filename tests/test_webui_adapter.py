@@ -237,9 +237,9 @@ def test_distance_plot_draws_each_model():
     smooth = {"mean": {"distances": [1.0, 1.1, 1.0], "mean_step": 1.03}}
     plain = {"mean": {"distances": [1.0, 3.0, 1.5], "mean_step": 1.83}}
     image = _distance_plot([("with LoRA", smooth), ("without LoRA", plain)])
-    assert image.size == (640, 340)
+    assert image.size == (640, 360)
     dark = lambda box: sum(1 for r, g, b in image.crop(box).getdata() if r + g + b < 200)  # noqa: E731
-    assert dark((0, 50, 58, 300)) > 20 and dark((60, 302, 640, 320)) > 10  # values on the y and the x axis
-    assert dark((64, 4, 500, 20)) > 50  # the title, above the plot area
+    assert dark((0, 70, 62, 320)) > 20 and dark((72, 314, 640, 330)) > 10  # values on the y and the x axis
+    assert dark((80, 22, 560, 46)) > 50  # the title, in the band above the plot area
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 16)}
     assert (0xd6, 0x27, 0x28) in colours and (0x1f, 0x77, 0xb4) in colours

@@ -155,47 +155,63 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
     rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{r['mean'][k]:.4g}</td>" for k in EXPLANATIONS) + "</tr>" for name, r in reports)
     header = "".join(f"<th title='{text}'>{key}</th>" for key, text in EXPLANATIONS.items())
     notes = "".join(f"<li><b>{key}</b>: {text}</li>" for key, text in EXPLANATIONS.items())
-    html = (f"<table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table>"
+    html = (f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
             f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>")
     plot = _distance_plot(reports)
     save_run("istd", {"distances": plot}, dict(result["sidecar"], report={name: r for name, r in reports}))
     return plot, html
 
 
+def _font(size: int):
+    """A scalable font where Pillow has one built in (≥ 10.1); its small bitmap font otherwise."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def _distance_plot(reports):
     """Adjacent-frame distances per step (mean over sequences), one line per model, each mean step dashed;
-    values on both axes, title and legend above the plot area (nothing is drawn under the image's label)."""
+    values on both axes, and title and legend in a band above the plot area (the image's label badge
+    covers the top-left corner)."""
     from PIL import Image, ImageDraw
 
-    width, height = 640, 340
-    left, right, top, bottom = 64, 20, 56, 44
+    width, height = 640, 360
+    left, right, top, bottom = 70, 20, 76, 48
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    text, small = _font(15), _font(12)
     values = [v for _, r in reports for v in r["mean"]["distances"]]
     highest = max(values) * 1.1 if values and max(values) > 0 else 1.0
     steps = len(reports[0][1]["mean"]["distances"])
     x = lambda i: left + i * (width - left - right) / max(steps - 1, 1)  # noqa: E731
     y = lambda v: height - bottom - v / highest * (height - top - bottom)  # noqa: E731
-    draw.text((left, 8), "Adjacent-frame L2 distance per step (dashed: each model's mean step)", fill="black")
+    title = "Adjacent-frame L2 distance per step (dashed: each model's mean step)"
+    draw.text(((width - draw.textlength(title, font=text)) / 2, 26), title, fill="black", font=text)
     draw.line([(left, height - bottom), (width - right, height - bottom)], fill="black")
     draw.line([(left, top), (left, height - bottom)], fill="black")
+    draw.text((4, top - 18), "L2 distance", fill="black", font=small)
     for fraction in (0.0, 0.5, 1.0):
         value = highest * fraction
         draw.line([(left - 4, y(value)), (left, y(value))], fill="black")
-        draw.text((4, y(value) - 6), f"{value:.3g}", fill="black")
+        label = f"{value:.3g}"
+        draw.text((left - 8 - draw.textlength(label, font=small), y(value) - 7), label, fill="black", font=small)
     for i in range(steps):
         draw.line([(x(i), height - bottom), (x(i), height - bottom + 4)], fill="black")
-        draw.text((x(i) - 3, height - bottom + 6), str(i + 1), fill="black")
-    draw.text(((width - 120) // 2, height - 16), "step between frames", fill="black")
+        draw.text((x(i) - 4, height - bottom + 6), str(i + 1), fill="black", font=small)
+    axis = "step between frames"
+    draw.text(((width - draw.textlength(axis, font=small)) / 2, height - 20), axis, fill="black", font=small)
     for index, ((name, report), colour) in enumerate(zip(reports, ("#d62728", "#1f77b4"))):
         points = [(x(i), y(v)) for i, v in enumerate(report["mean"]["distances"])]
-        draw.line(points, fill=colour, width=2)
+        draw.line(points, fill=colour, width=2, joint="curve")
         mean = y(report["mean"]["mean_step"])
         for start in range(left, width - right, 12):
             draw.line([(start, mean), (start + 6, mean)], fill=colour)
-        legend_x = left + 8 + index * 200
-        draw.line([(legend_x, 32), (legend_x + 20, 32)], fill=colour, width=2)
-        draw.text((legend_x + 26, 26), name, fill=colour)
+        legend_x = width - right - 330 + index * 170
+        draw.line([(legend_x, 56), (legend_x + 22, 56)], fill=colour, width=2)
+        draw.text((legend_x + 28, 48), name, fill=colour, font=text)
     return image
 
 
@@ -222,6 +238,17 @@ def _size_row():
         width = gr.Slider(minimum=0, maximum=meta["high"], step=meta["multiple_of"], value=side, label="Width (0: model's native size)")
         height = gr.Slider(minimum=0, maximum=meta["high"], step=meta["multiple_of"], value=side, label="Height (0: model's native size)")
     return width, height
+
+
+def tool_button(text: str, elem_id: str):
+    """The WebUI's small icon button (ToolButton, in AUTOMATIC1111 and Forge), a plain button elsewhere."""
+    import gradio as gr
+
+    try:
+        from modules.ui_components import ToolButton
+    except ImportError:
+        return gr.Button(text, elem_id=elem_id)
+    return ToolButton(value=text, elem_id=elem_id)
 
 
 def _interrupt_button(job: str):
@@ -255,7 +282,7 @@ def build_tab():
         with gr.Row(elem_id="smooth_diffusion_lora_row"):
             default = _opt("smooth_diffusion_default_lora", NONE)
             lora = gr.Dropdown(label="Smooth-LoRA", choices=_lora_choices(), value=default if default in _lora_choices() else NONE, elem_id="smooth_diffusion_lora")
-            refresh = gr.Button("🔄 Refresh", elem_id="smooth_diffusion_refresh")
+            refresh = tool_button("🔄", "smooth_diffusion_refresh")
             weight = slider(InterpolateRequest, "lora_weight", "LoRA weight", _opt("smooth_diffusion_lora_weight", 1.0), elem_id="smooth_diffusion_weight")
         refresh.click(fn=lambda: gr.update(choices=lora_choices_refreshed()), inputs=[], outputs=[lora])
         task_id = gr.Textbox(visible=False, elem_id="smooth_diffusion_task")
@@ -286,7 +313,7 @@ def build_tab():
                             go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
                             _interrupt_button("interpolate")
                     with gr.Column():
-                        gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 6, with_animation=True)
+                        gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 4, with_animation=True)
                 go.click(fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
                          inputs=[task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, negative, seed_a, seed_b, frames, steps, guidance,
                                  inversion_guidance, inversion, width, height],
@@ -332,7 +359,7 @@ def build_tab():
                             _interrupt_button("istd")
                     with gr.Column():
                         gr.HTML("<div id='smooth_diffusion_istd_progress'></div>")
-                        plot = gr.Image(label="Adjacent-frame distances", show_label=False, type="pil", elem_id="smooth_diffusion_plot")
+                        plot = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_plot")
                         table = gr.HTML(elem_id="smooth_diffusion_istd_log")
                 go_istd.click(fn=wrap_gradio_gpu_call(smoothness, extra_outputs=[None]),
                               inputs=[task_id, lora, weight, prompts, pairs, points, steps_istd, guidance_istd, width_istd, height_istd, seed_istd],
@@ -354,8 +381,9 @@ def _results_column(job: str, label: str, gallery_id: str, columns: int, with_an
     import gradio as gr
 
     gr.HTML(f"<div id='smooth_diffusion_{job}_progress'></div>")
-    gallery = gr.Gallery(label=label, elem_id=gallery_id, columns=columns)
-    animation = gr.Image(label="Animation", type="filepath", elem_id=f"smooth_diffusion_{job}_animation") if with_animation else None
+    # no label badge over the first thumbnail; the animation at a size that does not blow a 64 px GIF up to the column
+    gallery = gr.Gallery(label=label, show_label=False, elem_id=gallery_id, columns=columns, object_fit="contain")
+    animation = gr.Image(label="Animation", type="filepath", height=320, elem_id=f"smooth_diffusion_{job}_animation") if with_animation else None
     info = gr.Textbox(label="Parameters", lines=3, elem_id=f"smooth_diffusion_{job}_infotext")
     with gr.Row():
         _send_buttons(gallery, info)
