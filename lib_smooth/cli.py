@@ -10,16 +10,16 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import __version__
 from .errors import SmoothDiffusionError
 from .export import ANIMATION_FORMATS, write_animation, write_json, write_pngs
-from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, RequestError, image_file_to_field, number, type_name, validate
+from .console import check_device, check_formats, frame_rate, load_backend, prepare_output_folder, progress_bar
+from .requests import JOB_REQUESTS, image_file_to_field, number, type_name, validate
 from .metrics import EXPLANATIONS
 
-JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
+JOBS = JOB_REQUESTS
 SUMMARIES = {
     "interpolate": "frames between two ends (images are DDIM-inverted; seeds give noise), x_T slerped, prompts lerped",
     "invert": "DDIM-invert an image, reconstruct it and report MSE / PSNR / SSIM (LPIPS when available)",
@@ -113,78 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def frame_rate(text: str) -> float:
-    """--fps: checked when parsing, not after every frame has been sampled."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 60, got {text}")
-    return value
-
-
 # --- running -------------------------------------------------------------------------------------
-
-def check_device(name: str) -> None:
-    """Refuse a device torch cannot use before the model loads."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RequestError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RequestError(f"--device {name}: this torch has no usable CUDA GPU (torch {torch.__version__}); use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RequestError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RequestError(f"--device {name}: MPS is not available on this machine")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise RequestError(f"--device {name}: only cpu, cuda and mps are supported")
-
-
-def prepare_output_folder(path: str) -> Path:
-    """Create the output folder and prove it is writable, before any work that would be lost."""
-    import tempfile
-
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise RequestError(f"cannot write to the output folder {path}: {error.strerror or error}") from None
-    return folder
-
-
-def check_formats(formats: Sequence[str]) -> None:
-    from .export import mp4_available
-
-    if "mp4" in formats and not mp4_available():
-        raise RequestError("--formats mp4 needs the ffmpeg executable on PATH (e.g. apt-get install ffmpeg); gif and webp work without it")
-
-
-def progress_bar(description: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=1, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def update(done: int, total: int, _latent) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return bar, update
-
-
-def load_backend(args: argparse.Namespace):
-    from .backends import open_model
-
-    backend, description = open_model(args.model, args.device, args.dtype, args.prediction, args.model_config)
-    if not args.model:
-        print(f"note: no --model given: using {description}", file=sys.stderr)
-    return backend, description
-
 
 def _request_from_args(cls: type, args: argparse.Namespace):
     """The job's request from the command line; image options are paths, read here into the request."""
@@ -199,7 +128,7 @@ def _request_from_args(cls: type, args: argparse.Namespace):
 
 def run_job(name: str, args: argparse.Namespace) -> dict:
     from .cache import InversionCache
-    from .jobs import run_interpolate, run_invert, run_istd
+    from .jobs import run_job as run
 
     request = _request_from_args(JOBS[name], args)
     check_device(args.device)
@@ -209,27 +138,22 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     backend, _ = load_backend(args)
     bar, update = progress_bar(name)
     try:
-        if name == "interpolate":
-            result = run_interpolate(backend, request, InversionCache(folder=args.cache_dir), update)
-            bar.close()
-            record = dict(result.sidecar, files={"frames": [str(p) for p in write_pngs(result.frames, out / "frames")],
-                                                "animation": write_animation(result.frames, out / "interpolation", args.formats, args.fps)})
-        elif name in ("invert", "edit"):
-            result = run_invert(backend, request, progress=update)
-            bar.close()
-            files = {"input": out / "input.png", "reconstruction": out / "reconstruction.png"}
-            if result.edited is not None:
-                files["edited"] = out / "edited.png"
-                result.edited.save(files["edited"])
-            result.input.save(files["input"])
-            result.reconstruction.save(files["reconstruction"])
-            record = dict(result.sidecar, files={k: str(v) for k, v in files.items()})
-        else:
-            result = run_istd(backend, request, update)
-            bar.close()
-            record = dict(result.sidecar, explanations=EXPLANATIONS)
+        result = run(name, backend, request, InversionCache(folder=getattr(args, "cache_dir", None)), update)
     finally:
         bar.close()
+    if name == "interpolate":
+        record = dict(result.sidecar, files={"frames": [str(p) for p in write_pngs(result.frames, out / "frames")],
+                                            "animation": write_animation(result.frames, out / "interpolation", args.formats, args.fps)})
+    elif name in ("invert", "edit"):
+        files = {"input": out / "input.png", "reconstruction": out / "reconstruction.png"}
+        if result.edited is not None:
+            files["edited"] = out / "edited.png"
+            result.edited.save(files["edited"])
+        result.input.save(files["input"])
+        result.reconstruction.save(files["reconstruction"])
+        record = dict(result.sidecar, files={k: str(v) for k, v in files.items()})
+    else:
+        record = dict(result.sidecar, explanations=EXPLANATIONS)
     write_json(record, out / f"{name}.json")
     return record
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from .cache import InversionCache
+from .console import check_device, load_backend, prepare_output_folder, progress_bar
 from .export import write_animation, write_json, write_pngs
 from .images import png_bytes
 from .jobs import run_interpolate, run_invert
@@ -24,8 +25,6 @@ def _b64(image: Image.Image) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from .cli import check_device, load_backend, prepare_output_folder, progress_bar
-
     size, common = args.size, dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
     circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
     square = ShapeSpec("square", "green", "yellow", "large", "in the centre")
@@ -69,8 +68,6 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def _interpolation(backend, name: str, request: InterpolateRequest, cache: InversionCache, out: Path, report: dict):
-    from .cli import progress_bar
-
     bar, update = progress_bar(f"interpolation ({name})")
     start = time.perf_counter()
     result = run_interpolate(backend, request, cache, update)

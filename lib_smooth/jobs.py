@@ -24,7 +24,7 @@ from .interpolate import render_frames, seed_noise
 from .invert import dual_null_text_inversion, invert_image, prepare_image, reconstruct
 from .lora_formats import load_lora
 from .metrics import reconstruction_metrics
-from .requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, sized, validate
+from .requests import JOB_REQUESTS, EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, sized, validate
 
 Progress = Callable[[int, int, Optional[torch.Tensor]], None]
 
@@ -190,3 +190,14 @@ def run_istd(backend: Backend, request: IstdRequest, progress: Optional[Progress
             extra["istd_without_lora"] = baseline.as_dict()
         record = sidecar("istd", r, backend.identity, lora_sha, {}, extra)
     return IstdResult(report, baseline, record)
+
+
+def run_job(name: str, backend: Backend, request, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None):
+    """The one runner behind the CLI, the HTTP API and the tab: the job `name` of :data:`JOB_REQUESTS`."""
+    if name == "interpolate":
+        return run_interpolate(backend, request, cache, progress)
+    if name in ("invert", "edit"):
+        return run_invert(backend, request, cache, progress)
+    if name == "istd":
+        return run_istd(backend, request, progress)
+    raise ValueError(f"unknown job {name!r}; jobs: {', '.join(JOB_REQUESTS)}")

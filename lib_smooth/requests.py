@@ -119,6 +119,9 @@ class IstdRequest(SamplingOptions, ModelOptions):
 
 R = TypeVar("R")
 
+#: every job by name, with its request model: the CLI's commands, the API's routes and the tab's panels
+JOB_REQUESTS: Dict[str, type] = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
+
 
 def field_meta(cls: type, name: str) -> Dict[str, Any]:
     """One field's metadata (help, limits, choices): what the UI builds its controls from."""

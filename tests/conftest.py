@@ -39,21 +39,6 @@ def sd1(tiny_models):
     return tiny_models("sd1")
 
 
-class CountingBackend:
-    """Wraps a backend and counts UNet evaluations (calls and samples)."""
-
-    def __init__(self, inner):
-        self.inner, self.calls, self.samples = inner, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def unet(self, x, t, cond):
-        self.calls += 1
-        self.samples += x.shape[0]
-        return self.inner.unet(x, t, cond)
-
-
 @pytest.fixture(scope="session")
 def shapes_model():
     """The embedded, trained shapes-sd1 model (lib_smooth/models/shapes-sd1)."""

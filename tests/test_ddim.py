@@ -6,7 +6,7 @@ import torch
 from lib_smooth.backend import cond_cat
 from lib_smooth.ddim import ddim_step, ddim_timesteps, guided_eps, invert, level, model_output_to_eps, sample
 
-from conftest import CountingBackend
+from helpers import CountingBackend
 
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0).float()
 

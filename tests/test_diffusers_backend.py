@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from lib_smooth.backends.diffusers_backend import load_model
+from lib_smooth.backends import load_model
 from lib_smooth.backends.tiny import save_diffusers_folder
 from lib_smooth.errors import ModelFilesError
 

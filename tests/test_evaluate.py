@@ -10,7 +10,7 @@ from lib_smooth.lora_formats import save_kohya
 from lib_smooth.metrics import istd
 from lib_smooth.requests import IstdRequest
 
-from test_lora import attention_projections, random_lora
+from helpers import attention_projections, random_lora
 from lib_smooth.lora_formats import LoraLayer, LoraNetwork
 
 

@@ -1,4 +1,3 @@
-import base64
 import math
 
 import numpy as np
@@ -8,13 +7,12 @@ from PIL import Image, ImageDraw
 
 from lib_smooth.backend import cond_lerp
 from lib_smooth.cache import InversionCache
-from lib_smooth.images import png_bytes
 from lib_smooth.interpolate import frame_ratios, seed_noise, slerp
 from lib_smooth.invert import invert_image, reconstruct
 from lib_smooth.jobs import decode, run_interpolate
 from lib_smooth.requests import InterpolateRequest
 
-from conftest import CountingBackend
+from helpers import CountingBackend, b64
 
 
 def test_frame_ratios():
@@ -67,9 +65,6 @@ def drawn(colour: str, background: str) -> Image.Image:
     return image
 
 
-def b64(image: Image.Image) -> str:
-    return base64.b64encode(png_bytes(image)).decode()
-
 
 def test_image_interpolation_ends_reproduce_the_inverted_images(sd1):
     a, b = drawn("red", "blue"), drawn("green", "yellow")
@@ -96,7 +91,7 @@ def test_cached_inversions_are_reused_when_the_frame_count_changes(sd1):
     run_interpolate(counting, InterpolateRequest(frames=4, inversion_guidance=2.0, **request), cache)
     assert cache.misses == 4
     # and so is another LoRA set or weight: the same image inverts again under a LoRA
-    from test_lora import attention_projections, random_lora
+    from helpers import attention_projections, random_lora
     from lib_smooth.lora_formats import LoraLayer, LoraNetwork
 
     shapes = {p: tuple(m.weight.shape) for p, m in attention_projections(sd1.unet_model)}

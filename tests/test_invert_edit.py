@@ -8,7 +8,7 @@ from lib_smooth.invert import Inversion, invert_image, prompt_switch_conds, reco
 from lib_smooth.jobs import run_invert
 from lib_smooth.requests import EditRequest, InvertRequest
 
-from test_interpolate import b64
+from helpers import b64
 
 
 def circle() -> Image.Image:

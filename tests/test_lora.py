@@ -1,4 +1,3 @@
-import re
 
 import pytest
 import torch
@@ -7,15 +6,9 @@ from safetensors.torch import save_file
 from lib_smooth.errors import CorruptLoraError, LoraArchitectureError, LoraShapeError, NotALoraError
 from lib_smooth.lora_formats import load_lora, parse_lora, save_kohya, sgm_module_name
 
-
-def attention_projections(unet):
-    """(path, module) of every attention q/k/v/out projection — where the official Smooth-LoRA sits."""
-    return [(p, m) for p, m in unet.named_modules() if re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$", p)]
+from helpers import attention_projections, random_lora
 
 
-def random_lora(shapes, rank=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {path: (torch.randn(rank, i, generator=g) * 0.1, torch.randn(o, rank, generator=g) * 0.1) for path, (o, i) in shapes.items()}
 
 
 def official_file(unet, path, rank=8):

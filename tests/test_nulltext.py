@@ -10,8 +10,7 @@ from lib_smooth.jobs import decode, run_interpolate, run_invert
 from lib_smooth.nulltext import early_stop_threshold, learning_rate, optimise_null_embeddings
 from lib_smooth.requests import InterpolateRequest, InvertRequest
 
-from conftest import CountingBackend
-from test_interpolate import b64
+from helpers import CountingBackend, b64
 
 STEPS = 8
 

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from lib_smooth import shapes
-from lib_smooth.backends.diffusers_backend import load_model
+from lib_smooth.backends import load_model
 from lib_smooth.backends.shapes_model import CHECKPOINT, DIFFUSERS_DIR, TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
 from lib_smooth.ddim import guided_eps, sample
 from lib_smooth.images import tensor_to_pils

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from lib_smooth.backends import single_file  # noqa: E402
 from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer  # noqa: E402
-from lib_smooth.backends.diffusers_backend import load_model  # noqa: E402
+from lib_smooth.backends import load_model  # noqa: E402
 from lib_smooth.backends.ldm_layout import component_names, save_single_file, to_ldm  # noqa: E402
 from lib_smooth.backends.tiny import build_tiny_backend, save_diffusers_folder  # noqa: E402
 from lib_smooth.errors import ModelFilesError  # noqa: E402

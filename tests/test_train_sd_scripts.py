@@ -140,7 +140,7 @@ def test_penalty_changes_what_is_learned(smooth_run, workspace):
 
 
 def test_produced_lora_loads_through_lib_smooth(smooth_run, workspace):
-    from lib_smooth.backends.diffusers_backend import load_model
+    from lib_smooth.backends import load_model
     from lib_smooth.lora_formats import load_lora
 
     network = load_lora(smooth_run.out / "smooth.safetensors")

@@ -207,16 +207,3 @@ def quiet_loading() -> Iterator[None]:
         transformers_logging.set_verbosity(levels[1])
         if bar:
             transformers_logging.enable_progress_bar()
-
-
-def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, prediction: Optional[str] = None, config_dir: Optional[str | Path] = None) -> DiffusersBackend:
-    """Load a diffusers folder or a single-file SD1.x / SD2.x / SDXL checkpoint (.safetensors / .ckpt)."""
-    path = Path(path)
-    with quiet_loading():
-        if path.is_dir():
-            return load_diffusers_folder(path, device, dtype, prediction)
-        if path.is_file():
-            from .single_file import load_single_file
-
-            return load_single_file(path, device=device, dtype=dtype, prediction=prediction, config_dir=config_dir)
-    raise ModelFilesError(f"missing {path}: give a diffusers folder or a .safetensors/.ckpt checkpoint file")

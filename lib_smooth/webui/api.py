@@ -17,10 +17,10 @@ from ..cache import InversionCache
 from ..errors import Interrupted, RequestError, SmoothDiffusionError
 from ..images import png_bytes
 from ..metrics import EXPLANATIONS
-from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, field_meta, from_dict
+from ..requests import JOB_REQUESTS, InterpolateRequest, field_meta, from_dict
 
 PREFIX = "/smooth-diffusion/v1"
-JOBS = {"interpolate": InterpolateRequest, "invert": InvertRequest, "edit": EditRequest, "istd": IstdRequest}
+JOBS = JOB_REQUESTS
 _CACHE = InversionCache(max_entries=16)
 
 
@@ -74,7 +74,8 @@ def execute(name: str, request) -> dict:
 
 
 def _execute(name: str, request, progress: Callable) -> dict:
-    from ..jobs import run_interpolate, run_invert, run_istd
+    from ..jobs import run_istd
+    from ..jobs import run_job as run
     from .backend import WebUIBackend
     from .lora import file_sha256, lora_session
 
@@ -87,19 +88,17 @@ def _execute(name: str, request, progress: Callable) -> dict:
         with lora_session(backend, None, 0.0):
             baseline = run_istd(backend, core_request, progress).with_lora
     with lora_session(backend, lora_name, weight) as loaded:
-        if name == "interpolate":
-            result = run_interpolate(backend, core_request, _CACHE, progress)
-            response = {"frames": result.frames, "sidecar": result.sidecar}
-        elif name in ("invert", "edit"):
-            result = run_invert(backend, core_request, _CACHE, progress)
-            response = {"input": result.input, "reconstruction": result.reconstruction, "metrics": result.metrics, "sidecar": result.sidecar}
-            if result.edited is not None:
-                response["edited"] = result.edited
-        else:
-            result = run_istd(backend, core_request, progress)
-            response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
-            if baseline is not None:
-                response["istd_without_lora"] = baseline.as_dict()
+        result = run(name, backend, core_request, _CACHE, progress)
+    if name == "interpolate":
+        response = {"frames": result.frames, "sidecar": result.sidecar}
+    elif name in ("invert", "edit"):
+        response = {"input": result.input, "reconstruction": result.reconstruction, "metrics": result.metrics, "sidecar": result.sidecar}
+        if result.edited is not None:
+            response["edited"] = result.edited
+    else:
+        response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
+        if baseline is not None:
+            response["istd_without_lora"] = baseline.as_dict()
     response["sidecar"]["lora"] = {"name": loaded, "sha256": file_sha256(loaded), "weight": weight} if loaded else None
     return response
 
