@@ -70,8 +70,16 @@ def main() -> None:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "interpolation_throughput.json"))
     args = parser.parse_args()
     inner, model = open_model(args.model, device=args.device, dtype=args.dtype)
-    request = InterpolateRequest(prompt_a="a red circle on a blue background", seed_a=1, seed_b=2, frames=args.frames, steps=args.steps,
-                                 width=args.size, height=args.size, batch_size=args.batch_size)
+    request = InterpolateRequest(
+        prompt_a="a red circle on a blue background",
+        seed_a=1,
+        seed_b=2,
+        frames=args.frames,
+        steps=args.steps,
+        width=args.size,
+        height=args.size,
+        batch_size=args.batch_size,
+    )
     run_interpolate(inner, InterpolateRequest(**{**request.__dict__, "frames": 2, "steps": 2}))  # warm-up
     backend = TimedBackend(inner)
     start = time.perf_counter()
@@ -80,11 +88,22 @@ def main() -> None:
     unet, decode, text = backend.seconds["unet"], backend.seconds["vae_decode"], backend.seconds["text"]
     other = total - unet - decode - text
     result = {
-        "model": model, "frames": args.frames, "steps": args.steps, "size": args.size, "batch_size": args.batch_size,
-        "machine": describe(args.device), "dtype": args.dtype,
-        "seconds": total, "frames_per_second": args.frames / total, "unet_evaluations_per_frame": backend.samples["unet"] / args.frames,
-        "unet_seconds": unet, "vae_decode_seconds": decode, "text_seconds": text, "other_seconds": other,
-        "overhead_over_unet_and_vae": other / (unet + decode), "overhead_over_unet_alone": (total - unet) / unet,
+        "model": model,
+        "frames": args.frames,
+        "steps": args.steps,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "machine": describe(args.device),
+        "dtype": args.dtype,
+        "seconds": total,
+        "frames_per_second": args.frames / total,
+        "unet_evaluations_per_frame": backend.samples["unet"] / args.frames,
+        "unet_seconds": unet,
+        "vae_decode_seconds": decode,
+        "text_seconds": text,
+        "other_seconds": other,
+        "overhead_over_unet_and_vae": other / (unet + decode),
+        "overhead_over_unet_alone": (total - unet) / unet,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))

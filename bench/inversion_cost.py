@@ -53,20 +53,38 @@ def main() -> None:
     for mode in ("ddim", "null-text"):
         for prompt, image in images:
             start = time.perf_counter()
-            inversion = invert_image(backend, image, prompt, steps=args.steps, width=args.size, height=args.size, mode=mode, inner_steps=args.inner_steps)
+            inversion = invert_image(
+                backend, image, prompt, steps=args.steps, width=args.size, height=args.size, mode=mode, inner_steps=args.inner_steps
+            )
             sync()
             seconds = time.perf_counter() - start
             latent = reconstruct(backend, inversion, guidance=7.5)
             output = decode(backend, latent)[0]
-            rows.append({"mode": mode, "prompt": prompt, "inversion_seconds": seconds,
-                         "latent_error": float((latent - inversion.x_0).norm() / inversion.x_0.norm()),
-                         "psnr": psnr(image, output), "ssim": ssim(image, output)})
+            rows.append(
+                {
+                    "mode": mode,
+                    "prompt": prompt,
+                    "inversion_seconds": seconds,
+                    "latent_error": float((latent - inversion.x_0).norm() / inversion.x_0.norm()),
+                    "psnr": psnr(image, output),
+                    "ssim": ssim(image, output),
+                }
+            )
     summary = {}
     for mode in ("ddim", "null-text"):
         mine = [r for r in rows if r["mode"] == mode]
         summary[mode] = {key: sum(r[key] for r in mine) / len(mine) for key in ("inversion_seconds", "latent_error", "psnr", "ssim")}
-    result = {"model": model, "steps": args.steps, "size": args.size, "guidance": 7.5, "null_text_inner_steps": args.inner_steps,
-              "machine": describe(args.device), "dtype": args.dtype, "mean": summary, "rows": rows}
+    result = {
+        "model": model,
+        "steps": args.steps,
+        "size": args.size,
+        "guidance": 7.5,
+        "null_text_inner_steps": args.inner_steps,
+        "machine": describe(args.device),
+        "dtype": args.dtype,
+        "mean": summary,
+        "rows": rows,
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(f"{'mode':10s} {'s/image':>8s} {'latent err':>10s} {'PSNR':>7s} {'SSIM':>6s}")

@@ -49,8 +49,7 @@ def encode(backend, specs: list) -> tuple[torch.Tensor, torch.Tensor]:
 def yardsticks(backend, latents: torch.Tensor, specs: list, std: float) -> dict:
     other_shape = [dataclasses.replace(spec, shape=next(s for s in shapes.SHAPES if s != spec.shape)) for spec in specs]
     shuffled = torch.randperm(len(specs), generator=torch.Generator().manual_seed(0))
-    return {"another_image": rms(latents, latents[shuffled]) / std,
-            "same_image_another_shape": rms(latents, encode(backend, other_shape)[1]) / std}
+    return {"another_image": rms(latents, latents[shuffled]) / std, "same_image_another_shape": rms(latents, encode(backend, other_shape)[1]) / std}
 
 
 @torch.no_grad()
@@ -97,7 +96,9 @@ def main() -> None:
         print(f"UNet x̂₀ error at t = {t}: {value:.3f} std")
     print(f"DDIM samples (25 steps, CFG 5) against the true latents: {error['ddim_sample_error']:.3f} std")
     scale = yardsticks(backend, latents, specs, std)
-    print(f"yardsticks: another image {scale['another_image']:.3f} std, the same image with another shape {scale['same_image_another_shape']:.3f} std")
+    print(
+        f"yardsticks: another image {scale['another_image']:.3f} std, the same image with another shape {scale['same_image_another_shape']:.3f} std"
+    )
     result = {"model": description, "images": args.images, "latent_std": std, "decoder_tolerance": tolerance, **error, "yardsticks": scale}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

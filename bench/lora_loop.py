@@ -74,9 +74,12 @@ def lora_parameters(layers: Dict[str, LoraLinear]) -> List[nn.Parameter]:
 def to_network(layers: Dict[str, LoraLinear], run: LoraRun, metadata: Dict[str, str], layout: UnetLayout) -> LoraNetwork:
     """kohya names for the UNet's own layout: ldm names on shapes-sd1, which the WebUI would misread otherwise."""
     return LoraNetwork(
-        {kohya_name("unet", path, "sd1", layout): LoraLayer(layer.down.detach().clone(), layer.up.detach().clone(), float(run.rank))
-         for path, layer in layers.items()},
-        "kohya", {**metadata, **{f"smooth_{k}": str(v) for k, v in asdict(run).items()}},
+        {
+            kohya_name("unet", path, "sd1", layout): LoraLayer(layer.down.detach().clone(), layer.up.detach().clone(), float(run.rank))
+            for path, layer in layers.items()
+        },
+        "kohya",
+        {**metadata, **{f"smooth_{k}": str(v) for k, v in asdict(run).items()}},
     )
 
 

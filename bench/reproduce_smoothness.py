@@ -93,16 +93,17 @@ def inversion(backend, count: int, steps: int) -> dict:
 def smoothness(backend, args, steps: int) -> dict:
     """ISTD and its companions under the paper's protocol: 11-point slerps for held-out prompts × noise pairs."""
     prompts = [shapes.spec_for(i, HELD_OUT_SEED).caption for i in range(args.prompts)]
-    report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=steps, guidance=args.guidance,
-                           width=SIZE, height=SIZE, batch_size=11)
+    report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=steps, guidance=args.guidance, width=SIZE, height=SIZE, batch_size=11)
     return {k: getattr(report.mean, k) for k in FIGURES}
 
 
 def evaluate(backend, args) -> dict:
     start = time.perf_counter()
-    result = {"smoothness": smoothness(backend, args, args.steps),
-              "inversion": inversion(backend, args.inversion_images, args.steps),
-              "quality": quality(backend, args.samples, args.steps, args.guidance)}
+    result = {
+        "smoothness": smoothness(backend, args, args.steps),
+        "inversion": inversion(backend, args.inversion_images, args.steps),
+        "quality": quality(backend, args.samples, args.steps, args.guidance),
+    }
     result["evaluation_seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -120,8 +121,14 @@ def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) 
     path = save_kohya(network, work / f"{run.name}.safetensors", overwrite=True)
     with lora_applied(backend, str(path), 1.0):
         result = evaluate(backend, args)
-    result.update(run=asdict(run), training_seconds=round(seconds, 1), seconds_per_step=round(seconds / run.steps, 3),
-                  trajectory=log, target_a_settled_at=settling_step(log), lora_file=path.name)
+    result.update(
+        run=asdict(run),
+        training_seconds=round(seconds, 1),
+        seconds_per_step=round(seconds / run.steps, 3),
+        trajectory=log,
+        target_a_settled_at=settling_step(log),
+        lora_file=path.name,
+    )
     record.write_text(json.dumps(result, indent=1))
     return result
 
@@ -161,31 +168,50 @@ def versus_plain(table: Dict[str, dict]) -> Dict[str, dict]:
             if not isinstance(values, dict) or figure not in plain:
                 continue
             reference = plain[figure]
-            apart = (max(values["values"]) < min(reference["values"]) or min(values["values"]) > max(reference["values"])
-                     if min(len(values["values"]), len(reference["values"])) > 1 else None)
-            out[key][figure] = {"relative_change": values["mean"] / reference["mean"] - 1 if reference["mean"] else float("nan"),
-                                "ranges_apart": apart}
+            apart = (
+                max(values["values"]) < min(reference["values"]) or min(values["values"]) > max(reference["values"])
+                if min(len(values["values"]), len(reference["values"])) > 1
+                else None
+            )
+            out[key][figure] = {
+                "relative_change": values["mean"] / reference["mean"] - 1 if reference["mean"] else float("nan"),
+                "ranges_apart": apart,
+            }
     return out
 
 
 def markdown_tables(summary: dict) -> str:
     """The λ and rank tables as markdown, mean ± std over seeds (written to results/smoothness.md)."""
+
     def cell(row: dict, figure: str, digits: int) -> str:
         return f"{row[figure]['mean']:.{digits}f} ± {row[figure]['std']:.{digits}f}"
 
-    columns = [("istd", "ISTD", 3), ("mean_step", "mean step", 3), ("normalized_istd", "normalised ISTD", 4),
-               ("max_step_ratio", "max / mean step", 3), ("endpoint_distance", "endpoint distance", 2),
-               ("inversion_mse", "inversion MSE", 4), ("inversion_psnr", "PSNR dB", 2), ("inversion_ssim", "SSIM", 3),
-               ("quality_both", "detector acc.", 3), ("quality_frechet", "Fréchet", 4)]
+    columns = [
+        ("istd", "ISTD", 3),
+        ("mean_step", "mean step", 3),
+        ("normalized_istd", "normalised ISTD", 4),
+        ("max_step_ratio", "max / mean step", 3),
+        ("endpoint_distance", "endpoint distance", 2),
+        ("inversion_mse", "inversion MSE", 4),
+        ("inversion_psnr", "PSNR dB", 2),
+        ("inversion_ssim", "SSIM", 3),
+        ("quality_both", "detector acc.", 3),
+        ("quality_frechet", "Fréchet", 4),
+    ]
     base = summary["base_model"]
-    base_values = {**base["smoothness"], **{f"inversion_{k}": v for k, v in base["inversion"].items()},
-                   **{f"quality_{k}": v for k, v in base["quality"].items() if k != "count"}}
+    base_values = {
+        **base["smoothness"],
+        **{f"inversion_{k}": v for k, v in base["inversion"].items()},
+        **{f"quality_{k}": v for k, v in base["quality"].items() if k != "count"},
+    }
     lines = []
     for title, table in (("λ (rank 8)", summary["table_lambda"]), ("rank (λ = 1)", summary["table_rank"])):
         lines += [f"| {title} | " + " | ".join(label for _, label, _ in columns) + " |", "| --- |" + " ---: |" * len(columns)]
         lines.append("| base model, no LoRA | " + " | ".join(f"{base_values[f]:.{d}f}" for f, _, d in columns) + " |")
         for key, row in table.items():
-            lines.append(f"| {key.replace('lambda_', 'λ = ').replace('rank_', 'rank ')} | " + " | ".join(cell(row, f, d) for f, _, d in columns) + " |")
+            lines.append(
+                f"| {key.replace('lambda_', 'λ = ').replace('rank_', 'rank ')} | " + " | ".join(cell(row, f, d) for f, _, d in columns) + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -204,8 +230,15 @@ def plots(summary: dict, runs: List[dict]) -> List[str]:
     keys = list(lambdas)
     x = np.arange(len(keys))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, (figure, label) in zip(axes, [("istd", "ISTD (paper's figure)"), ("mean_step", "mean adjacent distance"),
-                                          ("normalized_istd", "normalised ISTD"), ("quality_both", "detector accuracy")]):
+    for ax, (figure, label) in zip(
+        axes,
+        [
+            ("istd", "ISTD (paper's figure)"),
+            ("mean_step", "mean adjacent distance"),
+            ("normalized_istd", "normalised ISTD"),
+            ("quality_both", "detector accuracy"),
+        ],
+    ):
         means = [lambdas[k][figure]["mean"] for k in keys]
         stds = [lambdas[k][figure]["std"] for k in keys]
         ax.bar(x, means, yerr=stds, capsize=4, color=["#888", "#9bc", "#37a", "#c63"][: len(keys)])
@@ -222,9 +255,13 @@ def plots(summary: dict, runs: List[dict]) -> List[str]:
         run = result["run"]
         if run["rank"] == 8 and run["weight"] > 0:
             steps = [e["step"] for e in result["trajectory"] if "target_a" in e]
-            ax.plot(steps, [e["target_a"] for e in result["trajectory"] if "target_a" in e],
-                    color={0.1: "#9bc", 1.0: "#37a", 10.0: "#c63"}[run["weight"]], lw=1,
-                    label=f"λ={run['weight']:g}" if run["seed"] == runs[0]["run"]["seed"] else None)
+            ax.plot(
+                steps,
+                [e["target_a"] for e in result["trajectory"] if "target_a" in e],
+                color={0.1: "#9bc", 1.0: "#37a", 10.0: "#c63"}[run["weight"]],
+                lw=1,
+                label=f"λ={run['weight']:g}" if run["seed"] == runs[0]["run"]["seed"] else None,
+            )
     ax.set_xlabel("training step")
     ax.set_ylabel("target a")
     ax.set_title("the regularizer's moving target a (rank 8, every seed)")
@@ -240,8 +277,12 @@ def long_target_run(backend, data: Callable[[], tuple], steps: int, batch: int) 
     """One λ = 1, rank-8 LoRA trained for `steps` only to record how long the moving target a takes to settle."""
     start = time.perf_counter()
     _, log = train_lora(backend.unet_model, backend.alphas_cumprod, *data(), LoraRun(1.0, 8, 0, steps, batch))
-    result = {"run": asdict(LoraRun(1.0, 8, 0, steps, batch)), "seconds": round(time.perf_counter() - start, 1),
-              "settled_at": {f"{int(t * 100)}%": settling_step(log, tolerance=t) for t in (0.01, 0.02, 0.05)}, "trajectory": log}
+    result = {
+        "run": asdict(LoraRun(1.0, 8, 0, steps, batch)),
+        "seconds": round(time.perf_counter() - start, 1),
+        "settled_at": {f"{int(t * 100)}%": settling_step(log, tolerance=t) for t in (0.01, 0.02, 0.05)},
+        "trajectory": log,
+    }
     (RESULTS / "target_a_long.json").write_text(json.dumps(result, indent=1))
     try:
         import matplotlib
@@ -251,8 +292,13 @@ def long_target_run(backend, data: Callable[[], tuple], steps: int, batch: int) 
 
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
         ax.plot([e["step"] for e in log if "target_a" in e], [e["target_a"] for e in log if "target_a" in e], color="#37a", label="target a")
-        ax.plot([e["step"] for e in log if "variation_mean" in e], [e["variation_mean"] for e in log if "variation_mean" in e],
-                color="#bbb", lw=0.8, label="batch mean r")
+        ax.plot(
+            [e["step"] for e in log if "variation_mean" in e],
+            [e["variation_mean"] for e in log if "variation_mean" in e],
+            color="#bbb",
+            lw=0.8,
+            label="batch mean r",
+        )
         ax.set_xlabel("training step")
         ax.set_title(f"λ = 1, rank 8, seed 0: the moving target a over {steps} steps")
         ax.legend()
@@ -303,11 +349,18 @@ def main() -> None:
     parser.add_argument("--inversion-images", type=int, default=16)
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--model", default=None, help="another SD1 model folder or file (default: the embedded shapes-sd1)")
-    parser.add_argument("--shard", help="K/N: only every N-th run from the K-th (start N processes with one torch thread each: "
-                                         "faster than one process on a small model); then run once without it")
+    parser.add_argument(
+        "--shard",
+        help="K/N: only every N-th run from the K-th (start N processes with one torch thread each: "
+        "faster than one process on a small model); then run once without it",
+    )
     parser.add_argument("--target-a-steps", type=int, default=0, help="instead of the grid: one λ = 1 run this long, to see the target a settle")
-    parser.add_argument("--remeasure-istd", type=int, metavar="STEPS",
-                        help="only measure ISTD again at STEPS DDIM steps for the base model and the finished λ = 0 / 1 rank-8 LoRAs")
+    parser.add_argument(
+        "--remeasure-istd",
+        type=int,
+        metavar="STEPS",
+        help="only measure ISTD again at STEPS DDIM steps for the base model and the finished λ = 0 / 1 rank-8 LoRAs",
+    )
     parser.add_argument("--finished-only", action="store_true", help="write the results from the finished runs in --work, listing the missing ones")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few pairs (results not written)")
     args = parser.parse_args()
@@ -339,7 +392,10 @@ def main() -> None:
     summary = {
         "model": description,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, no GPU",
-        "protocol": {k: getattr(args, k) for k in ("prompts", "pairs", "steps", "guidance", "inversion_images", "samples", "train_steps", "batch", "train_images")},
+        "protocol": {
+            k: getattr(args, k)
+            for k in ("prompts", "pairs", "steps", "guidance", "inversion_images", "samples", "train_steps", "batch", "train_images")
+        },
         "seeds": args.seeds,
         "base_model": base,
         "table_lambda": summarise([r for r in runs if r["run"]["rank"] == 8], lambda run: f"lambda_{run['weight']:g}"),

@@ -80,8 +80,11 @@ def side_by_side() -> dict:
 
 def measure_once() -> dict:
     """Seconds per step of each stage: alone on one and on two threads, and on one thread beside the other."""
-    times = {f"{stage}_{threads}_threads_s": measure(threads) for stage, measure in (("unet", unet_step_s), ("decoder", decoder_step_s))
-             for threads in (1, 2)}
+    times = {
+        f"{stage}_{threads}_threads_s": measure(threads)
+        for stage, measure in (("unet", unet_step_s), ("decoder", decoder_step_s))
+        for threads in (1, 2)
+    }
     beside = side_by_side()
     return {**times, "unet_1_thread_beside_decoder_s": beside["unet"], "decoder_1_thread_beside_unet_s": beside["decoder"]}
 
@@ -93,12 +96,16 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}",
         "step_s": {key: round(value, 3) for key, value in step.items()},
         "step_s_each_round": [{key: round(value, 3) for key, value in r.items()} for r in rounds],
-        "second_thread_speedup": {"unet": round(step["unet_1_threads_s"] / step["unet_2_threads_s"], 2),
-                                  "decoder": round(step["decoder_1_threads_s"] / step["decoder_2_threads_s"], 2)},
+        "second_thread_speedup": {
+            "unet": round(step["unet_1_threads_s"] / step["unet_2_threads_s"], 2),
+            "decoder": round(step["decoder_1_threads_s"] / step["decoder_2_threads_s"], 2),
+        },
         # The work side by side per second, with one after the other on two threads as 1: each stage
         # moves at (its step on two threads) / (its step beside the other) of its two-thread speed.
-        "side_by_side_throughput": round(step["unet_2_threads_s"] / step["unet_1_thread_beside_decoder_s"]
-                                         + step["decoder_2_threads_s"] / step["decoder_1_thread_beside_unet_s"], 2),
+        "side_by_side_throughput": round(
+            step["unet_2_threads_s"] / step["unet_1_thread_beside_decoder_s"] + step["decoder_2_threads_s"] / step["decoder_1_thread_beside_unet_s"],
+            2,
+        ),
     }
     out = Path(__file__).resolve().parent / "results" / "stage_threads.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

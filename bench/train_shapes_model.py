@@ -71,7 +71,7 @@ def cosine_lr(step: int, steps: int, warmup: int, floor: float = 0.0) -> float:
 
 def edge_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """L1 between the images' horizontal and vertical differences: blurred edges cost more than under L1 alone."""
-    return ((a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean())
+    return (a.diff(dim=-1) - b.diff(dim=-1)).abs().mean() + (a.diff(dim=-2) - b.diff(dim=-2)).abs().mean()
 
 
 def init_posterior(vae: torch.nn.Module) -> None:
@@ -112,8 +112,16 @@ def optimizer_step(optimizer: torch.optim.Optimizer, schedule, loss: torch.Tenso
     schedule.step()
 
 
-def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int, lr: float, log: list,
-              vae: torch.nn.Module | None = None, latent_noise: float = 0.0) -> torch.nn.Module:
+def train_vae(
+    images: torch.Tensor,
+    steps: int,
+    full_size_steps: int,
+    batch: int,
+    lr: float,
+    log: list,
+    vae: torch.nn.Module | None = None,
+    latent_noise: float = 0.0,
+) -> torch.nn.Module:
     """Train a new VAE, or go on training `vae`."""
     from diffusers import AutoencoderKL
 
@@ -142,8 +150,17 @@ def train_vae(images: torch.Tensor, steps: int, full_size_steps: int, batch: int
     return vae.eval()
 
 
-def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, batch: int, lr: float, log: list,
-                  latent_noise: float = 0.0, bar_position: int = 0) -> torch.nn.Module:
+def train_decoder(
+    vae: torch.nn.Module,
+    latents: torch.Tensor,
+    images: torch.Tensor,
+    steps: int,
+    batch: int,
+    lr: float,
+    log: list,
+    latent_noise: float = 0.0,
+    bar_position: int = 0,
+) -> torch.nn.Module:
     """Sharpen the decoder with the encoder frozen, on whole images: the latents do not change, so a UNet
     trained on them stays valid. `latents` are the posterior means (unscaled)."""
     vae.train()
@@ -163,8 +180,7 @@ def train_decoder(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Ten
     return vae.eval()
 
 
-def decoder_worker(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, seed: int, latent_noise: float,
-                   out: str) -> None:
+def decoder_worker(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, seed: int, latent_noise: float, out: str) -> None:
     """The decoder stage in a process of its own, on one thread: it writes the VAE to out/vae and its log
     to out/decoder_log.json."""
     torch.set_num_threads(1)
@@ -174,13 +190,13 @@ def decoder_worker(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Te
     (Path(out) / "decoder_log.json").write_text(json.dumps(log))
 
 
-def start_decoder_beside(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, seed: int, latent_noise: float,
-                         out: Path):
+def start_decoder_beside(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, seed: int, latent_noise: float, out: Path):
     """Start the decoder stage beside the UNet stage. Both need only the frozen encoder's latents, and on
     two cores the pair goes faster side by side on one thread each than one after the other on two: the
     UNet's small 8×8 convolutions gain little from a second thread (bench/stage_threads.py)."""
     process = torch.multiprocessing.get_context("spawn").Process(
-        target=decoder_worker, args=(vae, latents, images, steps, seed, latent_noise, str(out)), daemon=True)
+        target=decoder_worker, args=(vae, latents, images, steps, seed, latent_noise, str(out)), daemon=True
+    )
     process.start()
     return process
 
@@ -203,10 +219,12 @@ def finish_decoder_beside(process, out: Path, log: list) -> torch.nn.Module:
 def watch_decoder(process, threads: int):
     """A per-step hook for the UNet stage: once the decoder `process` has ended, stop at once if it failed
     (rather than after the UNet's half hour), else take all `threads` again."""
+
     def check() -> None:
         if torch.get_num_threads() < threads and not process.is_alive():
             stop_if_failed(process)
             torch.set_num_threads(threads)
+
     return check
 
 
@@ -223,8 +241,18 @@ def encode_all(vae: torch.nn.Module, images: torch.Tensor, captions: list[str], 
     return means[[slot[caption] for caption in captions]]
 
 
-def train_denoiser(latents: torch.Tensor, token_ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, batch: int, lr: float, log: list,
-                   min_snr_gamma: float = 0.0, start_from: tuple | None = None, every_step=None):
+def train_denoiser(
+    latents: torch.Tensor,
+    token_ids: torch.Tensor,
+    empty_ids: torch.Tensor,
+    steps: int,
+    batch: int,
+    lr: float,
+    log: list,
+    min_snr_gamma: float = 0.0,
+    start_from: tuple | None = None,
+    every_step=None,
+):
     """Train a new text encoder + UNet, or go on training the pair `start_from` (a fresh warm-up and cosine).
     `every_step`, if given, is called before each step."""
     from diffusers import UNet2DConditionModel
@@ -309,16 +337,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-full-size-steps", type=int, default=400)
-    parser.add_argument("--latent-noise", type=float, default=0.0,
-                        help="train the decoder on latents plus noise of this many batch stds (shipped model: 0; bench/RESULTS.md)")
+    parser.add_argument(
+        "--latent-noise",
+        type=float,
+        default=0.0,
+        help="train the decoder on latents plus noise of this many batch stds (shipped model: 0; bench/RESULTS.md)",
+    )
     parser.add_argument("--resume-vae", help="a VAE folder written by an earlier run, to train further instead of from scratch")
     parser.add_argument("--decoder-steps", type=int, default=500, help="then train the VAE decoder alone (latents unchanged)")
     parser.add_argument("--unet-steps", type=int, default=4700)
     parser.add_argument("--unet-lr", type=float, default=1e-3, help="peak learning rate of the text encoder + UNet stage")
-    parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="min-SNR-γ loss weights for the UNet, 0 for none "
-                                                                         "(the shipped model's runs: none)")
-    parser.add_argument("--resume-denoiser", help="a diffusers folder written by an earlier run: start from its text encoder and UNet "
-                                                   "(with --unet-steps 0: take them as they are)")
+    parser.add_argument(
+        "--min-snr-gamma", type=float, default=5.0, help="min-SNR-γ loss weights for the UNet, 0 for none (the shipped model's runs: none)"
+    )
+    parser.add_argument(
+        "--resume-denoiser",
+        help="a diffusers folder written by an earlier run: start from its text encoder and UNet (with --unet-steps 0: take them as they are)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="text encoder + UNet batch (the shipped model's runs: 64)")
     parser.add_argument("--install", action="store_true", help="write the result into lib_smooth/models")
     parser.add_argument("--install-only", action="store_true", help="install the model already trained in --out")
@@ -373,9 +408,18 @@ def main() -> None:
         unet = UNet2DConditionModel.from_pretrained(Path(args.resume_denoiser) / "unet", local_files_only=True).float().eval()
         text_encoder = CLIPTextModel.from_pretrained(Path(args.resume_denoiser) / "text_encoder", local_files_only=True).float().eval()
     if args.unet_steps:
-        unet, text_encoder = train_denoiser(latents * vae.config.scaling_factor, tokenize(captions), tokenize([""])[0], args.unet_steps, args.batch,
-                                            args.unet_lr, log, args.min_snr_gamma, start_from=(unet, text_encoder) if unet is not None else None,
-                                            every_step=watch_decoder(decoder, threads) if decoder else None)
+        unet, text_encoder = train_denoiser(
+            latents * vae.config.scaling_factor,
+            tokenize(captions),
+            tokenize([""])[0],
+            args.unet_steps,
+            args.batch,
+            args.unet_lr,
+            log,
+            args.min_snr_gamma,
+            start_from=(unet, text_encoder) if unet is not None else None,
+            every_step=watch_decoder(decoder, threads) if decoder else None,
+        )
     if decoder:
         vae = finish_decoder_beside(decoder, out, log)
         torch.set_num_threads(threads)
@@ -388,10 +432,16 @@ def main() -> None:
     save_diffusers_folder(half, out / "shapes-sd1")
     backend = DiffusersBackend(unet.float(), vae.float(), [text_encoder.float()], [tokenizer], _alphas_cumprod(SCHEDULER), "eps", "sd1")
     checks = [check_samples(backend, 256, guidance, 25) for guidance in (3.0, 5.0, 7.5)]
-    report = {"model": DESCRIPTION, "args": vars(args), "timings_s": {k: round(v, 1) for k, v in timings.items()},
-              "total_training_minutes": round(sum(timings.values()) / 60, 1), "detector": checks,
-              "vae_round_trip": check_vae(vae, 200),
-              "torch_threads": torch.get_num_threads(), "log": log}
+    report = {
+        "model": DESCRIPTION,
+        "args": vars(args),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "total_training_minutes": round(sum(timings.values()) / 60, 1),
+        "detector": checks,
+        "vae_round_trip": check_vae(vae, 200),
+        "torch_threads": torch.get_num_threads(),
+        "log": log,
+    }
     (out / "training_report.json").write_text(json.dumps(report, indent=1))
     for check in checks:
         print(f"guidance {check['guidance']}: colour {check['colour']:.1%} shape {check['shape']:.1%} both {check['both']:.1%}")

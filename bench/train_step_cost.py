@@ -70,6 +70,7 @@ def run_variant(name: str, model: str | None, device: str, batch: int, size: int
             pred = unet(noisy, t, encoder_hidden_states=cond).sample
         loss = ((pred - noise) ** 2).mean()
         if reg is not None:
+
             def x0_fn(x, idx):
                 with attention():
                     return predict_x0(unet(x, t[idx], encoder_hidden_states=cond[idx]).sample, x, alphas[t[idx]], "eps")
@@ -108,9 +109,22 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.model, args.device, args.batch, args.latent_size, args.rank, args.steps)))
         return
-    common = ["--device", args.device, "--batch", str(args.batch), "--latent-size", str(args.latent_size), "--rank", str(args.rank), "--steps", str(args.steps)]
+    common = [
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--latent-size",
+        str(args.latent_size),
+        "--rank",
+        str(args.rank),
+        "--steps",
+        str(args.steps),
+    ]
     common += ["--model", args.model] if args.model else []
-    baseline = json.loads(subprocess.run([sys.executable, __file__, "--baseline", *common], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1])
+    baseline = json.loads(
+        subprocess.run([sys.executable, __file__, "--baseline", *common], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1]
+    )
     rows = []
     for name in VARIANTS:
         out = subprocess.run([sys.executable, __file__, "--variant", name, *common], stdout=subprocess.PIPE, text=True, check=True)
@@ -121,11 +135,22 @@ def main() -> None:
         if args.device != "cuda":
             row["peak_mib"] -= baseline["peak_mib"]
         row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
-    result = {"model": args.model or DESCRIPTION, "device": args.device, "machine": describe(args.device),
-              "batch": args.batch, "latent_size": args.latent_size, "rank": args.rank,
-              "memory": "peak CUDA allocation above the UNet's weights" if args.device == "cuda" else "peak RSS above the model-only baseline", "rows": rows}
+    result = {
+        "model": args.model or DESCRIPTION,
+        "device": args.device,
+        "machine": describe(args.device),
+        "batch": args.batch,
+        "latent_size": args.latent_size,
+        "rank": args.rank,
+        "memory": "peak CUDA allocation above the UNet's weights" if args.device == "cuda" else "peak RSS above the model-only baseline",
+        "rows": rows,
+    }
     folder = Path(__file__).parent / "results"
-    path = Path(args.output) if args.output else folder / ("train_step_cost.json" if args.device == "cpu" else f"train_step_cost_{args.device.split(':')[0]}.json")
+    path = (
+        Path(args.output)
+        if args.output
+        else folder / ("train_step_cost.json" if args.device == "cpu" else f"train_step_cost_{args.device.split(':')[0]}.json")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"{'variant':28s} {'s/step':>8s} {'× plain':>8s} {'MiB':>8s} {'× plain':>8s}")

@@ -13,11 +13,11 @@ import sys
 from typing import Any, Optional, Sequence
 
 from . import __version__
+from .console import check_device, check_formats, frame_rate, load_backend, prepare_output_folder, progress_bar
 from .errors import SmoothDiffusionError
 from .export import ANIMATION_FORMATS, write_animation, write_json, write_pngs
-from .console import check_device, check_formats, frame_rate, load_backend, prepare_output_folder, progress_bar
-from .requests import JOB_REQUESTS, image_file_to_field, number, type_name, validate
 from .metrics import EXPLANATIONS
+from .requests import JOB_REQUESTS, image_file_to_field, number, type_name, validate
 
 JOBS = JOB_REQUESTS
 SUMMARIES = {
@@ -29,6 +29,7 @@ SUMMARIES = {
 
 
 # --- option building -----------------------------------------------------------------------------
+
 
 def _add_request_options(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group("job settings")
@@ -56,8 +57,11 @@ def _add_request_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", help="diffusers folder or single-file .safetensors/.ckpt checkpoint (SD1.x, SD2.x, SDXL). "
-                       "Default: the embedded shapes-sd1 model (64 px coloured shapes, lib_smooth/models)")
+    group.add_argument(
+        "--model",
+        help="diffusers folder or single-file .safetensors/.ckpt checkpoint (SD1.x, SD2.x, SDXL). "
+        "Default: the embedded shapes-sd1 model (64 px coloured shapes, lib_smooth/models)",
+    )
     group.add_argument("--prediction", choices=("eps", "v"), help="override the model's prediction type (SD2 768-v checkpoints: v)")
     group.add_argument("--model-config", help="local diffusers config folder for a single-file checkpoint (offline)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
@@ -68,24 +72,33 @@ def _add_output_options(parser: argparse.ArgumentParser, default_out: str, anima
     group = parser.add_argument_group("output")
     group.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     if animation:
-        group.add_argument("--formats", nargs="+", default=["gif"], choices=ANIMATION_FORMATS, help="animation formats; mp4 needs ffmpeg on PATH (default: gif)")
+        group.add_argument(
+            "--formats", nargs="+", default=["gif"], choices=ANIMATION_FORMATS, help="animation formats; mp4 needs ffmpeg on PATH (default: gif)"
+        )
         group.add_argument("--fps", type=frame_rate, default=16.0, help="animation frame rate, 1 to 60 (official demo: 16)")
         group.add_argument("--cache-dir", help="keep inverted latents here so later runs skip the inversion")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lib_smooth", description="Smooth Diffusion (CVPR 2024): smooth interpolation, inversion, editing, ISTD and Smooth-LoRA files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lib_smooth", description="Smooth Diffusion (CVPR 2024): smooth interpolation, inversion, editing, ISTD and Smooth-LoRA files."
+    )
     parser.add_argument("--version", action="version", version=f"lib_smooth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run an interpolation and an inversion on a built-in model and write GIFs, PNGs and report.json",
-                          description="Runs seed-to-seed and prompt-to-prompt interpolations, an image-to-image interpolation through inversion "
-                                      "and an inversion + reconstruction, then writes GIFs, PNGs, report.json and index.html.")
+    demo = sub.add_parser(
+        "demo",
+        help="run an interpolation and an inversion on a built-in model and write GIFs, PNGs and report.json",
+        description="Runs seed-to-seed and prompt-to-prompt interpolations, an image-to-image interpolation through inversion "
+        "and an inversion + reconstruction, then writes GIFs, PNGs, report.json and index.html.",
+    )
     _add_model_options(demo)
     demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     demo.add_argument("--steps", type=int, default=25, help="DDIM steps (default: 25)")
     demo.add_argument("--frames", type=int, default=16, help="frames per interpolation (default: 16)")
-    demo.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default: 5; the built-in model draws its prompts as well at 3 to 7.5)")
+    demo.add_argument(
+        "--guidance", type=float, default=5.0, help="classifier-free guidance (default: 5; the built-in model draws its prompts as well at 3 to 7.5)"
+    )
     demo.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64, the built-in model's size)")
     demo.add_argument("--lora", help="Smooth-LoRA file to apply")
     demo.add_argument("--lora-weight", type=float, default=1.0, help="LoRA multiplier (default: 1)")
@@ -96,10 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_options(job)
         _add_output_options(job, f"outputs/{name}", animation=(name == "interpolate"))
 
-    convert = sub.add_parser("convert-lora", help="convert a LoRA (kohya, diffusers/PEFT or official Smooth-LoRA) to a kohya file for the WebUI and sd-scripts")
+    convert = sub.add_parser(
+        "convert-lora", help="convert a LoRA (kohya, diffusers/PEFT or official Smooth-LoRA) to a kohya file for the WebUI and sd-scripts"
+    )
     convert.add_argument("input", help="LoRA file to read")
     convert.add_argument("output", help="kohya .safetensors file to write (never overwritten unless --overwrite)")
-    convert.add_argument("--arch", choices=("auto", "sd1", "sd2", "sdxl"), default="auto", help="model family for UNet key names (default: guessed from the file)")
+    convert.add_argument(
+        "--arch", choices=("auto", "sd1", "sd2", "sdxl"), default="auto", help="model family for UNet key names (default: guessed from the file)"
+    )
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     convert.add_argument("--half", action="store_true", help="store fp16 tensors")
 
@@ -107,13 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", help="LoRA file")
     inspect.add_argument("--json", action="store_true", help="print JSON")
 
-    tokenizer = sub.add_parser("make-tokenizer", help="write the CLIP tokenizer files (vocab.json, merges.txt, configs) offline from the open-clip-torch wheel")
+    tokenizer = sub.add_parser(
+        "make-tokenizer", help="write the CLIP tokenizer files (vocab.json, merges.txt, configs) offline from the open-clip-torch wheel"
+    )
     tokenizer.add_argument("folder", help="folder to write into")
-    tokenizer.add_argument("--pad-token", default="<|endoftext|>", help='pad token: "<|endoftext|>" (SD1, SDXL first encoder) or "!" (SD2, SDXL second encoder)')
+    tokenizer.add_argument(
+        "--pad-token", default="<|endoftext|>", help='pad token: "<|endoftext|>" (SD1, SDXL first encoder) or "!" (SD2, SDXL second encoder)'
+    )
     return parser
 
 
 # --- running -------------------------------------------------------------------------------------
+
 
 def _request_from_args(cls: type, args: argparse.Namespace):
     """The job's request from the command line; image options are paths, read here into the request."""
@@ -142,8 +164,13 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     finally:
         bar.close()
     if name == "interpolate":
-        record = dict(result.sidecar, files={"frames": [str(p) for p in write_pngs(result.frames, out / "frames")],
-                                            "animation": write_animation(result.frames, out / "interpolation", args.formats, args.fps)})
+        record = dict(
+            result.sidecar,
+            files={
+                "frames": [str(p) for p in write_pngs(result.frames, out / "frames")],
+                "animation": write_animation(result.frames, out / "interpolation", args.formats, args.fps),
+            },
+        )
     elif name in ("invert", "edit"):
         files = {"input": out / "input.png", "reconstruction": out / "reconstruction.png"}
         if result.edited is not None:
@@ -183,10 +210,15 @@ def inspect_lora(path: str, as_json: bool) -> None:
         prefix = name.split("_")[1]
         components[prefix] = components.get(prefix, 0) + 1
     info = {
-        "file": path, "format": network.source_format, "family": network.arch or "unknown (SD1/SD2 naming)",
-        "layers": len(network.layers), "layers_by_component": components, "ranks": ranks,
+        "file": path,
+        "format": network.source_format,
+        "family": network.arch or "unknown (SD1/SD2 naming)",
+        "layers": len(network.layers),
+        "layers_by_component": components,
+        "ranks": ranks,
         "alphas": sorted({layer.alpha for layer in network.layers.values()}, key=lambda a: (a is None, a or 0)),
-        "sha256": network.sha256, "metadata": {k: v for k, v in network.metadata.items() if len(v) < 200},
+        "sha256": network.sha256,
+        "metadata": {k: v for k, v in network.metadata.items() if len(v) < 200},
     }
     if as_json:
         print(json.dumps(info, indent=2))

@@ -88,7 +88,9 @@ def guided_eps(
             out = backend.unet(torch.cat([x, x]), torch.cat([timesteps, timesteps]), cond_cat([u, c])).to(x.device)
             eps_u, eps_c = model_output_to_eps(out, torch.cat([x, x]), alpha, backend.parameterization).chunk(2)
         else:
-            eps_u, eps_c = (model_output_to_eps(backend.unet(x, timesteps, branch).to(x.device), x, alpha, backend.parameterization) for branch in (u, c))
+            eps_u, eps_c = (
+                model_output_to_eps(backend.unet(x, timesteps, branch).to(x.device), x, alpha, backend.parameterization) for branch in (u, c)
+            )
         return eps_u + guidance * (eps_c - eps_u)
 
     return eps_fn

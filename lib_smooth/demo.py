@@ -25,7 +25,10 @@ def _b64(image: Image.Image) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    size, common = args.size, dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
+    size, common = (
+        args.size,
+        dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight),
+    )
     circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
     square = ShapeSpec("square", "green", "yellow", "large", "in the centre")
     jobs = {
@@ -43,8 +46,14 @@ def run_demo(args: argparse.Namespace) -> dict:
     for name, request in jobs.items():
         results[name] = _interpolation(backend, name, request, cache, out, report)
     # Between two generated images, through inversion: the red circle of seed 1 and the green square of seed 3.
-    generated = InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, image_a=_b64(results["seeds"].frames[0]),
-                                   image_b=_b64(results["prompts"].frames[-1]), frames=args.frames, **common)
+    generated = InterpolateRequest(
+        prompt_a=circle.caption,
+        prompt_b=square.caption,
+        image_a=_b64(results["seeds"].frames[0]),
+        image_b=_b64(results["prompts"].frames[-1]),
+        frames=args.frames,
+        **common,
+    )
     _interpolation(backend, "images", generated, cache, out, report)
     bar, update = progress_bar("inversion + reconstruction")
     # A rendered training-style image (not a generated one): inversion of a real input, as in the paper's Table 2.
@@ -52,8 +61,12 @@ def run_demo(args: argparse.Namespace) -> dict:
     bar.close()
     inversion.input.save(out / "inversion_input.png")
     inversion.reconstruction.save(out / "inversion_reconstruction.png")
-    report["inversion"] = {"metrics": inversion.metrics, "input": "inversion_input.png", "reconstruction": "inversion_reconstruction.png",
-                           "sidecar": inversion.sidecar}
+    report["inversion"] = {
+        "metrics": inversion.metrics,
+        "input": "inversion_input.png",
+        "reconstruction": "inversion_reconstruction.png",
+        "sidecar": inversion.sidecar,
+    }
     report["explanations"] = EXPLANATIONS
     write_json(report, out / "report.json")
     (out / "index.html").write_text(_index_html(report))
@@ -74,8 +87,12 @@ def _interpolation(backend, name: str, request: InterpolateRequest, cache: Inver
     bar.close()
     files = write_animation(result.frames, out / f"interpolation_{name}", ("gif",))
     write_pngs(result.frames, out / f"frames_{name}")
-    report["interpolations"][name] = {"seconds": round(time.perf_counter() - start, 2), "gif": Path(files["gif"]).name,
-                                      "smoothness": smoothness(result.frames).as_dict(), "sidecar": result.sidecar}
+    report["interpolations"][name] = {
+        "seconds": round(time.perf_counter() - start, 2),
+        "gif": Path(files["gif"]).name,
+        "smoothness": smoothness(result.frames).as_dict(),
+        "sidecar": result.sidecar,
+    }
     return result
 
 
@@ -83,12 +100,18 @@ def _index_html(report: dict) -> str:
     rows = []
     for name, item in report["interpolations"].items():
         s = item["smoothness"]
-        rows.append(f"<figure><img src='{item['gif']}' width=256><figcaption>{html.escape(name)}: ISTD {s['istd']:.3f}, "
-                    f"normalised {s['normalized_istd']:.3f}</figcaption></figure>")
+        rows.append(
+            f"<figure><img src='{item['gif']}' width=256><figcaption>{html.escape(name)}: ISTD {s['istd']:.3f}, "
+            f"normalised {s['normalized_istd']:.3f}</figcaption></figure>"
+        )
     inv = report["inversion"]
     m = inv["metrics"]
-    rows.append(f"<figure><img src='{inv['input']}' width=256><img src='{inv['reconstruction']}' width=256>"
-                f"<figcaption>inversion: input | reconstruction — PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}</figcaption></figure>")
-    return ("<!doctype html><meta charset=utf-8><title>Smooth Diffusion demo</title>"
-            "<style>body{font-family:sans-serif;margin:2em}img{image-rendering:pixelated;margin-right:4px}</style>"
-            f"<h1>Smooth Diffusion demo</h1><p>Model: {html.escape(str(report['model']))}</p>" + "".join(rows))
+    rows.append(
+        f"<figure><img src='{inv['input']}' width=256><img src='{inv['reconstruction']}' width=256>"
+        f"<figcaption>inversion: input | reconstruction — PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}</figcaption></figure>"
+    )
+    return (
+        "<!doctype html><meta charset=utf-8><title>Smooth Diffusion demo</title>"
+        "<style>body{font-family:sans-serif;margin:2em}img{image-rendering:pixelated;margin-right:4px}</style>"
+        f"<h1>Smooth Diffusion demo</h1><p>Model: {html.escape(str(report['model']))}</p>" + "".join(rows)
+    )

@@ -40,8 +40,27 @@ def write_mp4(frames: Sequence[Image.Image], path: Path, fps: float = 16.0) -> P
         raise RuntimeError("MP4 needs the ffmpeg executable on PATH (e.g. apt-get install ffmpeg); GIF and WebP work without it")
     width, height = frames[0].size
     command = [
-        "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps),
-        "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(path),
+        "ffmpeg",
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-vf",
+        "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:v",
+        "libx264",
+        str(path),
     ]
     data = b"".join(frame.convert("RGB").tobytes() for frame in frames)
     result = subprocess.run(command, input=data, capture_output=True)

@@ -79,7 +79,9 @@ def invert_image(
     if mode not in INVERSION_MODES:
         raise ValueError(f"inversion mode must be one of {INVERSION_MODES}, got {mode!r}")
     image = prepare_image(image, width, height)
-    settings = dict(prompt=prompt, negative=negative_prompt, steps=steps, guidance=guidance, mode=mode, size=[width, height], trajectory=return_trajectory)
+    settings = dict(
+        prompt=prompt, negative=negative_prompt, steps=steps, guidance=guidance, mode=mode, size=[width, height], trajectory=return_trajectory
+    )
     if mode == "null-text":
         settings.update(null_text_guidance=null_text_guidance, inner_steps=inner_steps)
     key = cache_key(image=png_bytes(image), model=backend.identity, lora=backend.lora_identity, **settings)
@@ -95,8 +97,15 @@ def invert_image(
     x_T, trajectory = result if keep else (result, None)
     nulls = None
     if mode == "null-text":
-        nulls = optimise_null_embeddings(backend, trajectory, cond, backend.encode_prompts([negative_prompt], width, height),
-                                         null_text_guidance, inner_steps, on_iteration=on_iteration)
+        nulls = optimise_null_embeddings(
+            backend,
+            trajectory,
+            cond,
+            backend.encode_prompts([negative_prompt], width, height),
+            null_text_guidance,
+            inner_steps,
+            on_iteration=on_iteration,
+        )
     inversion = Inversion(x_T, x_0, prompt, steps, guidance, mode, width, height, trajectory if return_trajectory else None, nulls)
     if cache is not None:
         cache.put(key, inversion.to_dict())
@@ -124,9 +133,19 @@ def dual_null_text_inversion(
     stored in both results, so every interpolation frame between them can use the same set.
     """
     prepared = [prepare_image(image, width, height) for image in images]
-    key = cache_key(images=b"".join(png_bytes(image) for image in prepared), model=backend.identity, lora=backend.lora_identity,
-                    prompts=list(prompts), negative=negative_prompt, steps=steps, guidance=guidance, mode="dual-null-text",
-                    size=[width, height], null_text_guidance=null_text_guidance, inner_steps=inner_steps)
+    key = cache_key(
+        images=b"".join(png_bytes(image) for image in prepared),
+        model=backend.identity,
+        lora=backend.lora_identity,
+        prompts=list(prompts),
+        negative=negative_prompt,
+        steps=steps,
+        guidance=guidance,
+        mode="dual-null-text",
+        size=[width, height],
+        null_text_guidance=null_text_guidance,
+        inner_steps=inner_steps,
+    )
     if cache is not None and (hit := cache.get(key)) is not None:
         return Inversion.from_dict(hit["a"]), Inversion.from_dict(hit["b"])
     x_0 = backend.encode_images(torch.cat([pil_to_tensor(image) for image in prepared]))
@@ -135,7 +154,9 @@ def dual_null_text_inversion(
     eps_fn = guided_eps(backend, cond, uncond if guidance != 1.0 else None, guidance)
     x_T, trajectory = invert(eps_fn, x_0, backend.alphas_cumprod, steps, callback=on_step, return_trajectory=True)
     nulls = optimise_null_embeddings(backend, trajectory, cond, uncond, null_text_guidance, inner_steps, on_iteration=on_iteration)
-    pair = tuple(Inversion(x_T[k : k + 1], x_0[k : k + 1], prompts[k], steps, guidance, "dual-null-text", width, height, None, nulls) for k in range(2))
+    pair = tuple(
+        Inversion(x_T[k : k + 1], x_0[k : k + 1], prompts[k], steps, guidance, "dual-null-text", width, height, None, nulls) for k in range(2)
+    )
     if cache is not None:
         cache.put(key, {"a": pair[0].to_dict(), "b": pair[1].to_dict()})
     return pair

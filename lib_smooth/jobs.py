@@ -93,7 +93,9 @@ def _inversion_cost(request, images: int) -> int:
     return images * per_image
 
 
-def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InterpolationResult:
+def run_interpolate(
+    backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None
+) -> InterpolationResult:
     """Frames between two ends, each end an inverted image or a seed's noise, prompts blended."""
     r = sized(validate(request), backend)
     prompt_b = r.prompt_b or r.prompt_a
@@ -101,8 +103,18 @@ def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Option
     batches = -(-r.frames // r.batch_size)
     counter = StepCounter(_inversion_cost(r, sum(1 for image, *_ in ends if image)) + r.steps * batches, progress)
     shape = (1, backend.latent_channels, r.height // backend.vae_scale, r.width // backend.vae_scale)
-    inversion_settings = dict(steps=r.steps, guidance=r.inversion_guidance, negative_prompt=r.negative_prompt, width=r.width, height=r.height,
-                              cache=cache, on_step=counter, null_text_guidance=r.guidance, inner_steps=r.null_text_steps, on_iteration=counter.advance)
+    inversion_settings = dict(
+        steps=r.steps,
+        guidance=r.inversion_guidance,
+        negative_prompt=r.negative_prompt,
+        width=r.width,
+        height=r.height,
+        cache=cache,
+        on_step=counter,
+        null_text_guidance=r.guidance,
+        inner_steps=r.null_text_steps,
+        on_iteration=counter.advance,
+    )
     with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
         negative = backend.encode_prompts([r.negative_prompt], r.width, r.height) if r.guidance != 1.0 else None
         pictures = {name: open_image_field(name, image) for image, _, _, name in ends if image}
@@ -128,8 +140,9 @@ def run_interpolate(backend: Backend, request: InterpolateRequest, cache: Option
             uncond, uncond_b = negative, None
         cond_a = backend.encode_prompts([r.prompt_a], r.width, r.height)
         cond_b = backend.encode_prompts([prompt_b], r.width, r.height) if prompt_b != r.prompt_a else cond_a
-        latents = render_frames(backend, x_T[0], x_T[1], cond_a, cond_b, uncond, r.frames, r.steps, r.guidance, r.batch_size,
-                                on_step=counter, uncond_b=uncond_b)
+        latents = render_frames(
+            backend, x_T[0], x_T[1], cond_a, cond_b, uncond, r.frames, r.steps, r.guidance, r.batch_size, on_step=counter, uncond_b=uncond_b
+        )
         frames = decode(backend, latents, r.batch_size)
         record = sidecar("interpolate", r, backend.identity, lora_sha, hashes)
     counter.finish()
@@ -146,15 +159,31 @@ class InversionResult:
     x_T: Optional[torch.Tensor] = field(default=None, repr=False)
 
 
-def run_invert(backend: Backend, request: InvertRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None) -> InversionResult:
+def run_invert(
+    backend: Backend, request: InvertRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None
+) -> InversionResult:
     """Invert → reconstruct (→ edit by prompt switch for an EditRequest); metrics of the reconstruction."""
     r = sized(validate(request), backend)
     editing = isinstance(r, EditRequest)
     counter = StepCounter(_inversion_cost(r, 1) + r.steps * (2 if editing else 1), progress)
     picture = prepare_image(open_image_field("image", r.image), r.width, r.height)
     with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
-        inversion = invert_image(backend, picture, r.prompt, r.steps, r.inversion_guidance, r.negative_prompt, r.width, r.height, r.inversion, cache,
-                                 on_step=counter, null_text_guidance=r.guidance, inner_steps=r.null_text_steps, on_iteration=counter.advance)
+        inversion = invert_image(
+            backend,
+            picture,
+            r.prompt,
+            r.steps,
+            r.inversion_guidance,
+            r.negative_prompt,
+            r.width,
+            r.height,
+            r.inversion,
+            cache,
+            on_step=counter,
+            null_text_guidance=r.guidance,
+            inner_steps=r.null_text_steps,
+            on_iteration=counter.advance,
+        )
         reconstruction = decode(backend, reconstruct(backend, inversion, r.guidance, r.negative_prompt, on_step=counter))[0]
         edited = None
         if editing:
@@ -180,8 +209,19 @@ def run_istd(backend: Backend, request: IstdRequest, progress: Optional[Progress
     runs = 2 if (r.compare_without_lora and r.lora) else 1
     per_run = len(prompts) * r.pairs * -(-r.points // r.batch_size) * r.steps
     counter = StepCounter(per_run * runs, progress)
-    settings = dict(prompts=prompts, pairs=r.pairs, seed=r.seed, steps=r.steps, guidance=r.guidance, width=r.width, height=r.height,
-                    points=r.points, negative_prompt=r.negative_prompt, batch_size=r.batch_size, on_step=counter)
+    settings = dict(
+        prompts=prompts,
+        pairs=r.pairs,
+        seed=r.seed,
+        steps=r.steps,
+        guidance=r.guidance,
+        width=r.width,
+        height=r.height,
+        points=r.points,
+        negative_prompt=r.negative_prompt,
+        batch_size=r.batch_size,
+        on_step=counter,
+    )
     baseline = evaluate_istd(backend, **settings) if runs == 2 else None
     with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
         report = evaluate_istd(backend, **settings)

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import re
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
-             "time_embedding.linear_2.": "time_embed.2.", "add_embedding.linear_1.": "label_emb.0.0.",
-             "add_embedding.linear_2.": "label_emb.0.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP = {
+    "conv_in.": "input_blocks.0.0.",
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",
+    "add_embedding.linear_2.": "label_emb.0.2.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
 
 
 def _resnet(rest: str) -> str:
@@ -31,7 +43,7 @@ def unet_name(key: str, layers: int, up_attention: frozenset[int]) -> str:
     """
     for old, new in _UNET_TOP.items():
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", key):
         level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         if kind == "downsamplers":

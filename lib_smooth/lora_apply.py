@@ -80,7 +80,10 @@ def apply_lora(network: LoraNetwork, modules: Dict[str, torch.nn.Module], multip
         weight = modules[name].weight
         expected = (layer.up.shape[0], *layer.down.shape[1:])
         if tuple(weight.shape) != expected:
-            raise LoraShapeError(f"LoRA layer {name} gives a {tuple(expected)} delta but the model layer is {tuple(weight.shape)}; the LoRA was made for another model size")
+            raise LoraShapeError(
+                f"LoRA layer {name} gives a {tuple(expected)} delta but the model layer is {tuple(weight.shape)}; "
+                "the LoRA was made for another model size"
+            )
     applied = AppliedLora({}, f"{network.short_hash or 'in-memory'}:{multiplier:g}")
     for name, layer in network.layers.items():
         module = modules[name]

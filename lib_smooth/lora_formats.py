@@ -69,7 +69,7 @@ class LoraNetwork:
 
     @property
     def arch(self) -> Optional[str]:
-        """"sdxl", "sd1", "sd2" or None when the file does not tell."""
+        """ "sdxl", "sd1", "sd2" or None when the file does not tell."""
         if any(name.startswith(("lora_te1_", "lora_te2_")) for name in self.layers):
             return "sdxl"
         for name, layer in self.layers.items():
@@ -86,6 +86,7 @@ class LoraNetwork:
 
 
 # --- names ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class UnetLayout:
@@ -140,10 +141,17 @@ def kohya_name(component: str, path: str, arch: Optional[str], layout: Optional[
     return ("lora_te1_" if arch == "sdxl" else "lora_te_") + path.replace(".", "_")
 
 
-_DIFFUSERS_UNET_NAME = re.compile(r"lora_unet_(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_(.+)"
-                                  r"|lora_unet_mid_block_(resnets|attentions)_(\d+)_(.+)")
-_DIFFUSERS_UNET_TOP = {"conv_in": "conv_in", "conv_out": "conv_out", "conv_norm_out": "conv_norm_out",
-                       "time_embedding_linear_1": "time_embedding.linear_1", "time_embedding_linear_2": "time_embedding.linear_2"}
+_DIFFUSERS_UNET_NAME = re.compile(
+    r"lora_unet_(down_blocks|up_blocks)_(\d+)_(resnets|attentions|downsamplers|upsamplers)_(\d+)_(.+)"
+    r"|lora_unet_mid_block_(resnets|attentions)_(\d+)_(.+)"
+)
+_DIFFUSERS_UNET_TOP = {
+    "conv_in": "conv_in",
+    "conv_out": "conv_out",
+    "conv_norm_out": "conv_norm_out",
+    "time_embedding_linear_1": "time_embedding.linear_1",
+    "time_embedding_linear_2": "time_embedding.linear_2",
+}
 
 
 def diffusers_unet_path(name: str) -> Optional[str]:
@@ -180,6 +188,7 @@ def uses_diffusers_unet_names(network: LoraNetwork) -> bool:
 
 
 # --- reading -------------------------------------------------------------------------------------
+
 
 def _read_tensors(name: str, data: bytes, safetensors_file: bool) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """Tensors and metadata from a file's bytes (read once: the same bytes give the file's hash)."""
@@ -220,8 +229,13 @@ def _collect(pairs: Dict[str, Dict[str, torch.Tensor]], alphas: Dict[str, float]
     return layers
 
 
-def parse_lora(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None, arch: Optional[str] = None, name: str = "LoRA",
-               layout: Optional[UnetLayout] = None) -> LoraNetwork:
+def parse_lora(
+    tensors: Dict[str, torch.Tensor],
+    metadata: Optional[Dict[str, str]] = None,
+    arch: Optional[str] = None,
+    name: str = "LoRA",
+    layout: Optional[UnetLayout] = None,
+) -> LoraNetwork:
     """Recognise the format of a LoRA state dict and return it under kohya names.
 
     `arch` ("sd1"/"sd2"/"sdxl") decides the UNet naming when renaming diffusers paths; when None it is
@@ -301,10 +315,13 @@ def check_arch(network: LoraNetwork, model_arch: str) -> None:
     """Refuse a LoRA made for another family: SDXL vs SD1/SD2 (SD1 vs SD2 shows as shape mismatches)."""
     lora_arch = network.arch
     if lora_arch and (lora_arch == "sdxl") != (model_arch == "sdxl"):
-        raise LoraArchitectureError(f"this LoRA is for {lora_arch.upper()}, but the model is {model_arch.upper()}; pick a LoRA made for {model_arch.upper()}")
+        raise LoraArchitectureError(
+            f"this LoRA is for {lora_arch.upper()}, but the model is {model_arch.upper()}; pick a LoRA made for {model_arch.upper()}"
+        )
 
 
 # --- writing -------------------------------------------------------------------------------------
+
 
 def to_kohya_state_dict(network: LoraNetwork, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
     """kohya tensors with the same ΔW: alpha is written for every layer (rank where the source had none)."""
@@ -326,8 +343,9 @@ def save_kohya(network: LoraNetwork, path: str | Path, overwrite: bool = False, 
         raise FileExistsError(f"{path} exists; choose another name or pass overwrite")
     ranks = sorted({layer.rank for layer in network.layers.values()})
     metadata = {k: v for k, v in network.metadata.items()}
-    metadata.update({"ss_network_module": "networks.lora", "ss_network_dim": str(ranks[-1]) if ranks else "0",
-                     "lib_smooth_source_format": network.source_format})
+    metadata.update(
+        {"ss_network_module": "networks.lora", "ss_network_dim": str(ranks[-1]) if ranks else "0", "lib_smooth_source_format": network.source_format}
+    )
     if network.arch and "ss_base_model_version" not in metadata:
         metadata["ss_base_model_version"] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[network.arch]
     path.parent.mkdir(parents=True, exist_ok=True)

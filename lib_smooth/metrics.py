@@ -104,6 +104,7 @@ def mean_smoothness(items: Sequence[Smoothness]) -> Smoothness:
 
 # --- reconstruction quality ----------------------------------------------------------------------
 
+
 def mse(reference: ImageLike, image: ImageLike) -> float:
     """Mean squared error with both images scaled to [−1, 1], the scale of the paper's Table 2."""
     a, b = to_unit_float(reference), to_unit_float(image)

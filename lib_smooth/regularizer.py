@@ -143,9 +143,18 @@ class StepwiseVariationRegularizer:
     samples, through `x0_fn` (an extra forward on that subset) so the saving is real.
     """
 
-    def __init__(self, weight: float = 1.0, ema_decay: float = 0.01, interval: int = 1, batch_shrink: int = 1, method: str = "vjp", fd_step: float = 1e-2):
+    def __init__(
+        self, weight: float = 1.0, ema_decay: float = 0.01, interval: int = 1, batch_shrink: int = 1, method: str = "vjp", fd_step: float = 1e-2
+    ):
         check_options(weight, ema_decay, interval, batch_shrink, method)
-        self.weight, self.ema_decay, self.interval, self.batch_shrink, self.method, self.fd_step = weight, ema_decay, interval, batch_shrink, method, fd_step
+        self.weight, self.ema_decay, self.interval, self.batch_shrink, self.method, self.fd_step = (
+            weight,
+            ema_decay,
+            interval,
+            batch_shrink,
+            method,
+            fd_step,
+        )
         self.target_a = 0.0
         self.calls = 0
         self.updates = 0
@@ -185,8 +194,14 @@ class StepwiseVariationRegularizer:
         self.calls += 1
         return {"variation_mean": float("nan"), "target_a": self.target_a, "penalty": 0.0}
 
-    def variation(self, x0_pred: torch.Tensor, noisy_latents: torch.Tensor, alphas_cumprod_t: torch.Tensor,
-                  direction: Optional[torch.Tensor], x0_fn: Optional[X0Fn]) -> torch.Tensor:
+    def variation(
+        self,
+        x0_pred: torch.Tensor,
+        noisy_latents: torch.Tensor,
+        alphas_cumprod_t: torch.Tensor,
+        direction: Optional[torch.Tensor],
+        x0_fn: Optional[X0Fn],
+    ) -> torch.Tensor:
         """r for the first ⌈B/s⌉ samples by the configured method."""
         count = -(-x0_pred.shape[0] // self.batch_shrink)
         indices = torch.arange(count, device=x0_pred.device)
@@ -207,8 +222,13 @@ class StepwiseVariationRegularizer:
 
     def settings(self) -> Dict[str, str]:
         """The settings as strings, e.g. for LoRA metadata."""
-        return {"lambda": str(self.weight), "ema_decay": str(self.ema_decay), "interval": str(self.interval),
-                "batch_shrink": str(self.batch_shrink), "method": self.method}
+        return {
+            "lambda": str(self.weight),
+            "ema_decay": str(self.ema_decay),
+            "interval": str(self.interval),
+            "batch_shrink": str(self.batch_shrink),
+            "method": self.method,
+        }
 
 
 def check_options(weight: float, ema_decay: float, interval: int, batch_shrink: int, method: str) -> None:
@@ -242,26 +262,39 @@ def check_training_settings(
     """Refuse settings that break double backward (needed by method "vjp") or the regularizer itself; warn about fp16."""
     if zero_terminal_snr_eps:
         # x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ with ᾱ_999 ≈ 0 (zero terminal SNR): x̂₀ and r are scaled by ≈ 4.5e3 near t = 999
-        raise UnsupportedTrainingSetting("zero_terminal_snr with an ε-prediction model: x̂₀ divides by √ᾱ, which is ≈ 0 at the last "
-                                         "timestep, and the penalty explodes; use a v-prediction model (--v_parameterization) or drop zero_terminal_snr")
+        raise UnsupportedTrainingSetting(
+            "zero_terminal_snr with an ε-prediction model: x̂₀ divides by √ᾱ, which is ≈ 0 at the last "
+            "timestep, and the penalty explodes; use a v-prediction model (--v_parameterization) or drop zero_terminal_snr"
+        )
     if method == "jvp_fd" and dropout:
-        raise UnsupportedTrainingSetting("network dropout (network_dropout, rank_dropout, module_dropout) draws new masks for the second "
-                                         "forward of method jvp_fd, so the difference measures the masks, not the model; drop it or use method vjp")
+        raise UnsupportedTrainingSetting(
+            "network dropout (network_dropout, rank_dropout, module_dropout) draws new masks for the second "
+            "forward of method jvp_fd, so the difference measures the masks, not the model; drop it or use method vjp"
+        )
     if method == "vjp":
         refused = {
             # the regularized forward runs under the math attention kernel, but a checkpoint's recompute in
             # backward runs outside that context with SDPA's fused kernel: torch raises CheckpointError
-            "sdpa together with gradient checkpointing": (sdpa_with_checkpointing, "the checkpoint's recompute runs another attention kernel "
-                                                          "than the regularized forward (CheckpointError); keep gradient checkpointing and drop sdpa"),
+            "sdpa together with gradient checkpointing": (
+                sdpa_with_checkpointing,
+                "the checkpoint's recompute runs another attention kernel "
+                "than the regularized forward (CheckpointError); keep gradient checkpointing and drop sdpa",
+            ),
             "xformers": (xformers, "xformers attention has no double backward"),
             "mem_eff_attn": (mem_eff_attn, "memory-efficient attention gives silently wrong second-order gradients"),
             "torch_compile": (torch_compile, "torch.compile does not support double backward"),
-            "gradient checkpointing (reentrant)": (reentrant_checkpointing, "reentrant checkpointing drops the second-order graph; use non-reentrant checkpointing"),
+            "gradient checkpointing (reentrant)": (
+                reentrant_checkpointing,
+                "reentrant checkpointing drops the second-order graph; use non-reentrant checkpointing",
+            ),
         }
         bad = [f"{name}: {why}" for name, (on, why) in refused.items() if on]
         if bad:
-            raise UnsupportedTrainingSetting("the Smooth Diffusion regularizer (method vjp) needs double backward; turn off " + "; ".join(bad)
-                                             + " (or use --smooth_method jvp_fd, which needs no double backward)")
+            raise UnsupportedTrainingSetting(
+                "the Smooth Diffusion regularizer (method vjp) needs double backward; turn off "
+                + "; ".join(bad)
+                + " (or use --smooth_method jvp_fd, which needs no double backward)"
+            )
     if mixed_precision == "fp16":
         warnings.warn("fp16 mixed precision can overflow in the regularizer's second-order gradients; bf16 is recommended", stacklevel=2)
 

@@ -25,8 +25,15 @@ MAX_IMAGE_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-def option(default: Any, help: str, low: Optional[float] = None, high: Optional[float] = None, choices: Optional[tuple] = None,
-           multiple_of: Optional[int] = None, **extra: Any):
+def option(
+    default: Any,
+    help: str,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    choices: Optional[tuple] = None,
+    multiple_of: Optional[int] = None,
+    **extra: Any,
+):
     """A dataclass field with the metadata the CLI and validation read (None: no such limit)."""
     metadata = {"help": help, "low": low, "high": high, "choices": choices, "multiple_of": multiple_of, **extra}
     if isinstance(default, list):
@@ -53,15 +60,22 @@ class SamplingOptions:
 class InterpolateRequest(SamplingOptions, ModelOptions):
     prompt_a: str = option("", "prompt of the first end (and of both ends unless prompt_b is given)")
     prompt_b: str = option("", "prompt of the last end; its text conditioning is blended linearly")
-    image_a: Optional[str] = option(None, "image of the first end (base64 PNG/JPEG or data URL; the CLI takes a path); inverted, else seed_a's noise is used", kind="image")
-    image_b: Optional[str] = option(None, "image of the last end (base64 PNG/JPEG or data URL; the CLI takes a path); inverted, else seed_b's noise is used", kind="image")
+    image_a: Optional[str] = option(
+        None, "image of the first end (base64 PNG/JPEG or data URL; the CLI takes a path); inverted, else seed_a's noise is used", kind="image"
+    )
+    image_b: Optional[str] = option(
+        None, "image of the last end (base64 PNG/JPEG or data URL; the CLI takes a path); inverted, else seed_b's noise is used", kind="image"
+    )
     seed_a: int = option(0, "seed of the first end's noise when it has no image", 0, 2**32 - 1)
     seed_b: int = option(1, "seed of the last end's noise when it has no image", 0, 2**32 - 1)
     frames: int = option(24, "number of frames, ends included (official demo: 24)", 2, 240)
     inversion_guidance: float = option(1.0, "guidance while inverting images (paper: 1, the conditional branch only)", 1.0, 30.0)
-    inversion: str = option("ddim", "inversion mode for image ends: ddim (fast), ddim-no-text, null-text (official demo's default, "
-                            "≈ steps × null_text_steps extra UNet passes per image), dual-null-text (both ends images: one shared null set)",
-                            choices=INVERSION_MODES + ("dual-null-text",))
+    inversion: str = option(
+        "ddim",
+        "inversion mode for image ends: ddim (fast), ddim-no-text, null-text (official demo's default, "
+        "≈ steps × null_text_steps extra UNet passes per image), dual-null-text (both ends images: one shared null set)",
+        choices=INVERSION_MODES + ("dual-null-text",),
+    )
     null_text_steps: int = option(10, "null-text inversion: Adam steps per sampling step, early stop allowed (official demo: 10)", 1, 50)
     batch_size: int = option(8, "frames sampled together", 1, 64)
 
@@ -81,8 +95,12 @@ class InvertRequest(SamplingOptions, ModelOptions):
     image: Optional[str] = option(None, "image to invert (base64 PNG/JPEG or data URL; the CLI takes a path)", kind="image", required=True)
     prompt: str = option("", "source prompt describing the image")
     inversion_guidance: float = option(1.0, "guidance while inverting (paper: 1)", 1.0, 30.0)
-    inversion: str = option("ddim", "inversion mode: ddim (fast), ddim-no-text, null-text (official demo's default, "
-                            "≈ steps × null_text_steps extra UNet passes, much better reconstruction)", choices=INVERSION_MODES)
+    inversion: str = option(
+        "ddim",
+        "inversion mode: ddim (fast), ddim-no-text, null-text (official demo's default, "
+        "≈ steps × null_text_steps extra UNet passes, much better reconstruction)",
+        choices=INVERSION_MODES,
+    )
     null_text_steps: int = option(10, "null-text inversion: Adam steps per sampling step, early stop allowed (official demo: 10)", 1, 50)
 
     def check(self) -> None:
@@ -136,7 +154,7 @@ def number(value: float) -> str:
 def type_name(spec: dataclasses.Field) -> str:
     """The field's type as written in the dataclass, without Optional: "int", "List[str]"."""
     kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
-    return kind[len("Optional["):-1] if kind.startswith("Optional[") else kind
+    return kind[len("Optional[") : -1] if kind.startswith("Optional[") else kind
 
 
 def native_size(backend: Any) -> int:
@@ -238,8 +256,10 @@ def open_image_field(name: str, value: Union[str, Image.Image]) -> Image.Image:
 def _checked_pixels(name: str, image: Image.Image) -> Image.Image:
     """Refuse an image above MAX_IMAGE_PIXELS from its header, before its pixels are decoded."""
     if image.width * image.height > MAX_IMAGE_PIXELS:
-        raise RequestError(f"{name} is {image.width}×{image.height} px; images up to {MAX_IMAGE_PIXELS // 10**6} megapixels are accepted "
-                           "(they are resized to the job's size anyway)")
+        raise RequestError(
+            f"{name} is {image.width}×{image.height} px; images up to {MAX_IMAGE_PIXELS // 10**6} megapixels are accepted "
+            "(they are resized to the job's size anyway)"
+        )
     return image
 
 

@@ -19,15 +19,27 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "star")
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (235, 215, 40),
-    "white": (245, 245, 245), "black": (20, 20, 20), "orange": (240, 140, 30), "purple": (140, 60, 180),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 210),
+    "yellow": (235, 215, 40),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "orange": (240, 140, 30),
+    "purple": (140, 60, 180),
 }
 # Shape extent as a fraction of the image side. Not smaller: an 8× VAE keeps a 64 px image in 8×8
 # latents, and a star 18 px across (0.28, the size until 2026-11-26) came back from it as a blob.
 SIZES = {"small": 0.4, "large": 0.58}
 STAR_INNER_RADIUS = 0.45  # of the outer radius
 SQUARE_HALF_SIDE = 0.9  # of the radius
-POSITIONS = {"in the centre": (0.5, 0.5), "on the left": (0.3, 0.5), "on the right": (0.7, 0.5), "at the top": (0.5, 0.3), "at the bottom": (0.5, 0.7)}
+POSITIONS = {
+    "in the centre": (0.5, 0.5),
+    "on the left": (0.3, 0.5),
+    "on the right": (0.7, 0.5),
+    "at the top": (0.5, 0.3),
+    "at the bottom": (0.5, 0.7),
+}
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,12 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: f
 
 # Area of each shape as _draw draws it, per squared radius; a star is ten triangles with sides 1 and the
 # inner radius, at π/5 between them.
-UNIT_AREA = {"circle": math.pi, "square": (2 * SQUARE_HALF_SIDE) ** 2, "triangle": 3 * math.sqrt(3) / 4,
-             "star": 5 * STAR_INNER_RADIUS * math.sin(math.pi / 5)}
+UNIT_AREA = {
+    "circle": math.pi,
+    "square": (2 * SQUARE_HALF_SIDE) ** 2,
+    "triangle": 3 * math.sqrt(3) / 4,
+    "star": 5 * STAR_INNER_RADIUS * math.sin(math.pi / 5),
+}
 SUPERSAMPLING = 4
 
 
@@ -106,6 +122,7 @@ def write_dataset(folder: str | Path, count: int, seed: int = 0, size: int = 64)
 
 # --- detector ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Detection:
     colour: str
@@ -127,7 +144,9 @@ def _hull_area(points: np.ndarray) -> float:
     def half(sequence):
         chain: list = []
         for p in sequence:
-            while len(chain) >= 2 and (chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1]) - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0]) <= 0:
+            while (
+                len(chain) >= 2 and (chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1]) - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0]) <= 0
+            ):
                 chain.pop()
             chain.append(p)
         return chain[:-1]
@@ -170,8 +189,9 @@ def detect(image: Image.Image) -> Detection:
     fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
     corners = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
     solidity = mask.sum() / max(_hull_area(corners), 1.0)
-    features = np.concatenate([foreground_rgb / 255, background_rgb / 255,
-                               [fill, solidity, math.sqrt(mask.sum()) / side, (xs.mean() + ys.mean()) / (2 * side)]])
+    features = np.concatenate(
+        [foreground_rgb / 255, background_rgb / 255, [fill, solidity, math.sqrt(mask.sum()) / side, (xs.mean() + ys.mean()) / (2 * side)]]
+    )
     return Detection(_nearest_colour(foreground_rgb), _nearest_colour(background_rgb), max(overlap, key=overlap.get), features)
 
 

@@ -42,8 +42,18 @@ class SmoothLoraAccordion(scripts.Script):
             refresh.click(fn=lambda: gr.update(choices=smooth_ui.lora_choices_refreshed()), inputs=[], outputs=[lora])
         self.infotext_fields = [
             (enabled, lambda d: smooth_generation.INFOTEXT_KEY in d),
-            (lora, lambda d: smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[0] if smooth_generation.INFOTEXT_KEY in d else gr.update()),
-            (weight, lambda d: smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[1] if smooth_generation.INFOTEXT_KEY in d else gr.update()),
+            (
+                lora,
+                lambda d: (
+                    smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[0] if smooth_generation.INFOTEXT_KEY in d else gr.update()
+                ),
+            ),
+            (
+                weight,
+                lambda d: (
+                    smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[1] if smooth_generation.INFOTEXT_KEY in d else gr.update()
+                ),
+            ),
         ]
         return [enabled, lora, weight]
 
@@ -61,10 +71,18 @@ class SmoothInversion(scripts.Script):
         return is_img2img
 
     def ui(self, is_img2img):
-        source = gr.Textbox(label="Source prompt (describes the init image; empty: reconstruct with the prompt)", lines=2, elem_id=self.elem_id("source"))
-        switch = smooth_ui.slider(EditRequest, "switch_ratio", "Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch"))
-        mode = gr.Dropdown(label="Inversion (the whole schedule is inverted: Denoising strength is not used)",
-                           choices=list(field_meta(InvertRequest, "inversion")["choices"]), value="ddim", elem_id=self.elem_id("mode"))
+        source = gr.Textbox(
+            label="Source prompt (describes the init image; empty: reconstruct with the prompt)", lines=2, elem_id=self.elem_id("source")
+        )
+        switch = smooth_ui.slider(
+            EditRequest, "switch_ratio", "Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch")
+        )
+        mode = gr.Dropdown(
+            label="Inversion (the whole schedule is inverted: Denoising strength is not used)",
+            choices=list(field_meta(InvertRequest, "inversion")["choices"]),
+            value="ddim",
+            elem_id=self.elem_id("mode"),
+        )
         return [source, switch, mode]
 
     def run(self, p, source="", switch=0.8, mode="ddim"):

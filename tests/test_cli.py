@@ -37,11 +37,48 @@ def test_demo_writes_gifs_pngs_report_and_index(tmp_path, capsys):
 
 def test_interpolate_and_istd_commands(tmp_path, capsys):
     out = tmp_path / "interp"
-    args = ["interpolate", "--prompt-a", "a cat", "--frames", "3", "--steps", "2", "--width", "64", "--height", "64", "--out", str(out), "--formats", "gif", "webp"]
+    args = [
+        "interpolate",
+        "--prompt-a",
+        "a cat",
+        "--frames",
+        "3",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--out",
+        str(out),
+        "--formats",
+        "gif",
+        "webp",
+    ]
     assert main(args) == 0
     record = json.loads((out / "interpolate.json").read_text())
     assert record["settings"]["frames"] == 3 and (out / "interpolation.webp").is_file() and len(record["files"]["frames"]) == 3
-    assert main(["istd", "--prompts", "a cat", "a dog", "--points", "3", "--steps", "2", "--width", "64", "--height", "64", "--out", str(tmp_path / "istd")]) == 0
+    assert (
+        main(
+            [
+                "istd",
+                "--prompts",
+                "a cat",
+                "a dog",
+                "--points",
+                "3",
+                "--steps",
+                "2",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--out",
+                str(tmp_path / "istd"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "normalized_istd" in printed and "mean step" in printed
     istd = json.loads((tmp_path / "istd" / "istd.json").read_text())["istd"]

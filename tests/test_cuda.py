@@ -29,8 +29,17 @@ def pixel_gap(a, b) -> float:
 
 
 def test_interpolation_frames_match_the_cpu(backends):
-    request = InterpolateRequest(prompt_a=PROMPT, prompt_b="a small green square at the top left on a yellow background",
-                                 seed_a=1, seed_b=2, frames=4, steps=10, guidance=5.0, width=64, height=64)
+    request = InterpolateRequest(
+        prompt_a=PROMPT,
+        prompt_b="a small green square at the top left on a yellow background",
+        seed_a=1,
+        seed_b=2,
+        frames=4,
+        steps=10,
+        guidance=5.0,
+        width=64,
+        height=64,
+    )
     frames = {device: run_interpolate(backend, request).frames for device, backend in backends.items()}
     assert backends["cuda"].unet_model.conv_in.weight.is_cuda
     assert max(pixel_gap(a, b) for a, b in zip(frames["cpu"], frames["cuda"])) < 1.0
@@ -42,8 +51,17 @@ def test_null_text_inversion_and_edit_match_the_cpu(backends, tmp_path):
     image, spec = next(samples(1, seed=3, size=64))
     path = tmp_path / "input.png"
     image.save(path)
-    request = EditRequest(image=str(path), prompt=spec.caption, target_prompt=spec.caption.replace(spec.colour, "green", 1), steps=10,
-                          inversion="null-text", null_text_steps=3, guidance=5.0, width=64, height=64)
+    request = EditRequest(
+        image=str(path),
+        prompt=spec.caption,
+        target_prompt=spec.caption.replace(spec.colour, "green", 1),
+        steps=10,
+        inversion="null-text",
+        null_text_steps=3,
+        guidance=5.0,
+        width=64,
+        height=64,
+    )
     results = {device: run_invert(backend, request) for device, backend in backends.items()}
     assert results["cuda"].x_T.is_cuda
     assert abs(results["cpu"].metrics["psnr"] - results["cuda"].metrics["psnr"]) < 0.5

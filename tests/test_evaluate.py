@@ -6,12 +6,11 @@ from lib_smooth.evaluate import evaluate_istd
 from lib_smooth.images import tensor_to_pils
 from lib_smooth.interpolate import frame_ratios, seed_noise, slerp
 from lib_smooth.jobs import run_istd
-from lib_smooth.lora_formats import save_kohya
+from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya
 from lib_smooth.metrics import istd
 from lib_smooth.requests import IstdRequest
 
 from helpers import attention_projections, random_lora
-from lib_smooth.lora_formats import LoraLayer, LoraNetwork
 
 
 def brute_force_sequence_istd(backend, prompt, seed_a, seed_b, points, steps, guidance):
@@ -39,7 +38,9 @@ def test_istd_job_with_and_without_lora(sd1, tmp_path):
     layers = {"lora_unet_" + p.replace(".", "_"): LoraLayer(d * 20, u * 20) for p, (d, u) in random_lora(shapes, 4).items()}
     save_kohya(LoraNetwork(layers, "kohya"), tmp_path / "strong.safetensors")
     before = {k: v.clone() for k, v in sd1.unet_model.state_dict().items()}
-    request = IstdRequest(prompts=["a cat"], points=4, steps=2, width=64, height=64, lora=str(tmp_path / "strong.safetensors"), compare_without_lora=True)
+    request = IstdRequest(
+        prompts=["a cat"], points=4, steps=2, width=64, height=64, lora=str(tmp_path / "strong.safetensors"), compare_without_lora=True
+    )
     result = run_istd(sd1, request)
     plain = evaluate_istd(sd1, ["a cat"], steps=2, width=64, height=64, points=4, batch_size=11)
     assert result.without_lora.istd == pytest.approx(plain.istd)

@@ -65,7 +65,6 @@ def drawn(colour: str, background: str) -> Image.Image:
     return image
 
 
-
 def test_image_interpolation_ends_reproduce_the_inverted_images(sd1):
     a, b = drawn("red", "blue"), drawn("green", "yellow")
     request = InterpolateRequest(prompt_a="a red circle", image_a=b64(a), image_b=b64(b), frames=5, steps=8, width=64, height=64, batch_size=3)
@@ -81,7 +80,9 @@ def test_image_interpolation_ends_reproduce_the_inverted_images(sd1):
 
 def test_cached_inversions_are_reused_when_the_frame_count_changes(sd1):
     cache, counting = InversionCache(), CountingBackend(sd1)
-    request = dict(prompt_a="a red circle", image_a=b64(drawn("red", "blue")), image_b=b64(drawn("white", "black")), steps=6, width=64, height=64, batch_size=4)
+    request = dict(
+        prompt_a="a red circle", image_a=b64(drawn("red", "blue")), image_b=b64(drawn("white", "black")), steps=6, width=64, height=64, batch_size=4
+    )
     run_interpolate(counting, InterpolateRequest(frames=4, **request), cache)
     assert counting.calls == 2 * 6 + 1 * 6 and cache.misses == 2
     counting.calls = 0
@@ -91,8 +92,9 @@ def test_cached_inversions_are_reused_when_the_frame_count_changes(sd1):
     run_interpolate(counting, InterpolateRequest(frames=4, inversion_guidance=2.0, **request), cache)
     assert cache.misses == 4
     # and so is another LoRA set or weight: the same image inverts again under a LoRA
-    from helpers import attention_projections, random_lora
     from lib_smooth.lora_formats import LoraLayer, LoraNetwork
+
+    from helpers import attention_projections, random_lora
 
     shapes = {p: tuple(m.weight.shape) for p, m in attention_projections(sd1.unet_model)}
     network = LoraNetwork({"lora_unet_" + p.replace(".", "_"): LoraLayer(d, u) for p, (d, u) in random_lora(shapes).items()}, "kohya")

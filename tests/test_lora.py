@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -7,8 +6,6 @@ from lib_smooth.errors import CorruptLoraError, LoraArchitectureError, LoraShape
 from lib_smooth.lora_formats import load_lora, parse_lora, save_kohya, sgm_module_name
 
 from helpers import attention_projections, random_lora
-
-
 
 
 def official_file(unet, path, rank=8):
@@ -139,8 +136,12 @@ def test_sgm_names_of_full_size_sdxl_blocks():
 
 
 def test_sdxl_lora_on_sd1_model_is_refused(sd1):
-    network = parse_lora({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32),
-                          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(32, 2)})
+    network = parse_lora(
+        {
+            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32),
+            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(32, 2),
+        }
+    )
     with pytest.raises(LoraArchitectureError, match="SDXL"):
         sd1.apply_lora(network)
 
@@ -150,7 +151,8 @@ def test_shape_mismatch_is_refused_before_any_weight_changes(sd1):
     good = "lora_unet_" + path.replace(".", "_")
     other_path = attention_projections(sd1.unet_model)[1][0]
     tensors = {
-        f"{good}.lora_down.weight": torch.ones(2, module.weight.shape[1]), f"{good}.lora_up.weight": torch.ones(module.weight.shape[0], 2),
+        f"{good}.lora_down.weight": torch.ones(2, module.weight.shape[1]),
+        f"{good}.lora_up.weight": torch.ones(module.weight.shape[0], 2),
         "lora_unet_" + other_path.replace(".", "_") + ".lora_down.weight": torch.ones(2, 999),
         "lora_unet_" + other_path.replace(".", "_") + ".lora_up.weight": torch.ones(7, 2),
     }

@@ -10,10 +10,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from lora_loop import LoraRun, add_lora, settling_step, train_lora  # noqa: E402
-
 from lib_smooth.lora_apply import unet_layout  # noqa: E402
 from lib_smooth.lora_formats import kohya_name, load_lora, save_kohya  # noqa: E402
+
+from lora_loop import LoraRun, add_lora, settling_step, train_lora  # noqa: E402
 
 
 def _data(backend, count=8):

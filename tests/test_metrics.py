@@ -6,7 +6,16 @@ import torch
 from PIL import Image
 
 from lib_smooth.metrics import (
-    EXPLANATIONS, adjacent_distances, istd, lpips_distance, mean_smoothness, mse, psnr, reconstruction_metrics, smoothness, ssim,
+    EXPLANATIONS,
+    adjacent_distances,
+    istd,
+    lpips_distance,
+    mean_smoothness,
+    mse,
+    psnr,
+    reconstruction_metrics,
+    smoothness,
+    ssim,
 )
 
 

@@ -57,8 +57,17 @@ def test_early_stop_rule_is_honoured(sd1):
     _, trajectory = invert(guided_eps(sd1, cond), x0, sd1.alphas_cumprod, 4, return_trajectory=True)
     for base, per_step in ((1e9, 1), (0.0, 5)):  # stop after the first iteration / never stop early
         counting, units = CountingBackend(sd1), []
-        optimise_null_embeddings(counting, trajectory, cond, uncond, 7.5, inner_steps=5, early_stop_base=base, early_stop_slope=0.0,
-                                 on_iteration=lambda step, n: units.append(n))
+        optimise_null_embeddings(
+            counting,
+            trajectory,
+            cond,
+            uncond,
+            7.5,
+            inner_steps=5,
+            early_stop_base=base,
+            early_stop_slope=0.0,
+            on_iteration=lambda step, n: units.append(n),
+        )
         # per step: one conditional pass, `per_step` optimisation passes, one final guided step
         assert counting.calls == 4 * (1 + per_step + 1)
         assert sum(units) == 4 * 5  # progress always adds up to steps × inner steps
@@ -89,14 +98,17 @@ def test_invert_job_with_null_text_caches_the_null_embeddings(sd1):
 
 def test_dual_null_text_interpolation_ends_use_the_shared_nulls(sd1):
     a, b = picture("orange", "navy"), picture("white", "darkgreen")
-    request = InterpolateRequest(prompt_a="a circle", image_a=b64(a), image_b=b64(b), frames=4, steps=5, width=64, height=64,
-                                 inversion="dual-null-text", null_text_steps=3)
+    request = InterpolateRequest(
+        prompt_a="a circle", image_a=b64(a), image_b=b64(b), frames=4, steps=5, width=64, height=64, inversion="dual-null-text", null_text_steps=3
+    )
     frames = run_interpolate(sd1, request).frames
     first, second = dual_null_text_inversion(sd1, (a, b), ("a circle", "a circle"), steps=5, width=64, height=64, inner_steps=3)
     for frame, inversion in ((frames[0], first), (frames[-1], second)):
         expected = decode(sd1, reconstruct(sd1, inversion))[0]
         assert np.abs(np.asarray(frame, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
-    one_image = InterpolateRequest(prompt_a="a circle", image_a=b64(a), seed_b=3, frames=3, steps=4, width=64, height=64, inversion="null-text", null_text_steps=2)
+    one_image = InterpolateRequest(
+        prompt_a="a circle", image_a=b64(a), seed_b=3, frames=3, steps=4, width=64, height=64, inversion="null-text", null_text_steps=2
+    )
     assert len(run_interpolate(sd1, one_image).frames) == 3  # a seed end uses the negative prompt at every step
 
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from lib_smooth.regularizer import (
-    StepwiseVariationRegularizer, UnsupportedTrainingSetting, check_options, check_training_settings, default_direction,
-    double_backward_attention, predict_x0, variation_norm, variation_norm_fd,
+    StepwiseVariationRegularizer,
+    UnsupportedTrainingSetting,
+    check_options,
+    check_training_settings,
+    default_direction,
+    double_backward_attention,
+    predict_x0,
+    variation_norm,
+    variation_norm_fd,
 )
 
 SHAPE = (2, 3, 2)  # C, H, W of the toy latents
@@ -202,11 +209,16 @@ def test_jvp_fd_method_trains_without_double_backward():
     assert model.weight.grad.abs().sum() > 0 and math.isfinite(stats["variation_mean"])
 
 
-@pytest.mark.parametrize("options, message", [
-    ((-1.0, 0.01, 1, 1, "vjp"), "smooth_lambda"), ((1.0, 0.0, 1, 1, "vjp"), "smooth_ema_decay"),
-    ((1.0, 0.01, 0, 1, "vjp"), "smooth_interval"), ((1.0, 0.01, 1, 1.5, "vjp"), "smooth_batch_shrink"),
-    ((1.0, 0.01, 1, 1, "hvp"), "smooth_method"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ((-1.0, 0.01, 1, 1, "vjp"), "smooth_lambda"),
+        ((1.0, 0.0, 1, 1, "vjp"), "smooth_ema_decay"),
+        ((1.0, 0.01, 0, 1, "vjp"), "smooth_interval"),
+        ((1.0, 0.01, 1, 1.5, "vjp"), "smooth_batch_shrink"),
+        ((1.0, 0.01, 1, 1, "hvp"), "smooth_method"),
+    ],
+)
 def test_invalid_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         check_options(*options)
@@ -292,9 +304,14 @@ def test_fd_step_grows_only_where_the_precision_needs_it():
     assert fd_step_for(latents, torch.float16, 1e-2) == pytest.approx(4 * 2**-10 * 128)
 
 
-@pytest.mark.parametrize("setting, message", [(dict(method="jvp_fd", dropout=True), "network dropout"),
-                                              (dict(zero_terminal_snr_eps=True), "zero_terminal_snr with an ε-prediction model"),
-                                              (dict(sdpa_with_checkpointing=True), "sdpa together with gradient checkpointing")])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(method="jvp_fd", dropout=True), "network dropout"),
+        (dict(zero_terminal_snr_eps=True), "zero_terminal_snr with an ε-prediction model"),
+        (dict(sdpa_with_checkpointing=True), "sdpa together with gradient checkpointing"),
+    ],
+)
 def test_settings_that_break_the_regularizer_are_refused(setting, message):
     with pytest.raises(UnsupportedTrainingSetting, match=message):
         check_training_settings(**setting)

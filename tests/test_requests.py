@@ -1,11 +1,11 @@
 import base64
 
 import pytest
+from PIL import Image
 
 from lib_smooth.errors import RequestError
 from lib_smooth.images import png_bytes
 from lib_smooth.requests import EditRequest, InterpolateRequest, IstdRequest, from_dict, image_file_to_field, open_image_field, validate
-from PIL import Image
 
 
 def test_defaults_follow_the_official_demo():
@@ -88,8 +88,11 @@ def test_cli_image_paths(tmp_path):
     field = image_file_to_field("image", str(tmp_path / "blue.jpg"))
     assert field.startswith("data:image/jpeg;base64,") and open_image_field("image", field).size == (8, 6)
     (tmp_path / "text.png").write_text("not an image")
-    for path, message in ((tmp_path / "none.png", "image: file not found"), (tmp_path, "is a folder, not an image file"),
-                          (tmp_path / "text.png", "is not an image PIL can read")):
+    for path, message in (
+        (tmp_path / "none.png", "image: file not found"),
+        (tmp_path, "is a folder, not an image file"),
+        (tmp_path / "text.png", "is not an image PIL can read"),
+    ):
         with pytest.raises(RequestError, match=message):
             image_file_to_field("image", str(path))
 

@@ -23,8 +23,11 @@ def test_weights_are_fp16_and_25_mb_at_most_for_both_copies():
     assert sum(path.stat().st_size for path in WEIGHT_FILES) <= 25_000_000
     for path in WEIGHT_FILES:
         with safe_open(str(path), "pt") as weights:
-            dtypes = {weights.get_slice(key).get_dtype() for key in weights.keys() if "alphas" not in key and "betas" not in key
-                      and "posterior" not in key and "sqrt" not in key and "log_one_minus" not in key}
+            dtypes = {
+                weights.get_slice(key).get_dtype()
+                for key in weights.keys()
+                if "alphas" not in key and "betas" not in key and "posterior" not in key and "sqrt" not in key and "log_one_minus" not in key
+            }
         assert dtypes == {"F16"}, path
 
 

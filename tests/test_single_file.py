@@ -6,17 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from lib_smooth.backends import single_file  # noqa: E402
+from lib_smooth.backends import (
+    load_model,  # noqa: E402
+    single_file,  # noqa: E402
+)
 from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer  # noqa: E402
-from lib_smooth.backends import load_model  # noqa: E402
 from lib_smooth.backends.ldm_layout import component_names, save_single_file, to_ldm  # noqa: E402
 from lib_smooth.backends.tiny import build_tiny_backend, save_diffusers_folder  # noqa: E402
 from lib_smooth.errors import ModelFilesError  # noqa: E402
@@ -150,14 +152,20 @@ def test_missing_architecture_is_explained(saved, tmp_path):
 
 
 REAL_CHECKPOINT_SHAPES = {  # tensor names and shapes of the released SD1.5, SD2.1 and SDXL-base files
-    "sd1": {"model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
-            "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight": (768, 3072),
-            "first_stage_model.decoder.up.1.block.0.nin_shortcut.weight": (256, 512, 1, 1)},
-    "sd2": {"model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
-            "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024)},
-    "sdxl": {"model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
-             "model.diffusion_model.input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight": (1280, 2048),
-             "conditioner.embedders.1.model.text_projection": (1280, 1280)},
+    "sd1": {
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
+        "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight": (768, 3072),
+        "first_stage_model.decoder.up.1.block.0.nin_shortcut.weight": (256, 512, 1, 1),
+    },
+    "sd2": {
+        "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+        "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight": (3072, 1024),
+    },
+    "sdxl": {
+        "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+        "model.diffusion_model.input_blocks.7.1.transformer_blocks.9.attn2.to_k.weight": (1280, 2048),
+        "conditioner.embedders.1.model.text_projection": (1280, 1280),
+    },
 }
 
 

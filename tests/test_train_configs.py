@@ -1,9 +1,9 @@
 """The shipped kohya TOMLs start as shipped: no option pair that sd-scripts v0.10.1 or the regularizer refuses."""
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from lib_smooth.regularizer import UnsupportedTrainingSetting, check_training_settings
 
@@ -27,8 +27,13 @@ def incompatible(config: dict, dataset: dict) -> list:
         for option in ("random_crop", "color_aug"):
             if any(subset.get(option, dataset.get("general", {}).get(option)) for subset in subsets):
                 problems.append(f"cache_latents with {option}")
-    smooth = {"method": config.get("smooth_method", "vjp"), "xformers": bool(config.get("xformers")), "mem_eff_attn": bool(config.get("mem_eff_attn")),
-              "torch_compile": bool(config.get("torch_compile")), "sdpa_with_checkpointing": bool(config.get("sdpa") and config.get("gradient_checkpointing"))}
+    smooth = {
+        "method": config.get("smooth_method", "vjp"),
+        "xformers": bool(config.get("xformers")),
+        "mem_eff_attn": bool(config.get("mem_eff_attn")),
+        "torch_compile": bool(config.get("torch_compile")),
+        "sdpa_with_checkpointing": bool(config.get("sdpa") and config.get("gradient_checkpointing")),
+    }
     try:
         check_training_settings(**smooth, mixed_precision=config.get("mixed_precision", "no"))
     except UnsupportedTrainingSetting as error:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from smooth_common import SdScriptsNotFound, SmoothRegularizerMixin, add_smooth_arguments, locate_sd_scripts, validate_smooth_args  # noqa: E402
-
 from lib_smooth.regularizer import predict_x0  # noqa: E402
+
+from smooth_common import SdScriptsNotFound, SmoothRegularizerMixin, add_smooth_arguments, locate_sd_scripts, validate_smooth_args  # noqa: E402
 
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0).float()
 
@@ -45,8 +45,24 @@ class FakeBaseTrainer:
         self.unet_calls.append((noisy_latents.shape[0], kwargs.get("indices")))
         return unet(noisy_latents, timesteps, text_conds[0])
 
-    def process_batch(self, batch, text_encoders, unet, network, vae, noise_scheduler, vae_dtype, weight_dtype, accelerator, args,
-                      text_encoding_strategy, tokenize_strategy, is_train=True, train_text_encoder=True, train_unet=True):
+    def process_batch(
+        self,
+        batch,
+        text_encoders,
+        unet,
+        network,
+        vae,
+        noise_scheduler,
+        vae_dtype,
+        weight_dtype,
+        accelerator,
+        args,
+        text_encoding_strategy,
+        tokenize_strategy,
+        is_train=True,
+        train_text_encoder=True,
+        train_unet=True,
+    ):
         latents, noise, timesteps = batch["latents"], batch["noise"], batch["timesteps"]
         a = noise_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).requires_grad_(train_unet and is_train)
@@ -90,12 +106,19 @@ def make_args(**overrides):
 
 def batch(seed=0, size=2, **extra):
     g = torch.Generator().manual_seed(seed)
-    return dict(latents=torch.randn(size, 4, 8, 8, generator=g), noise=torch.randn(size, 4, 8, 8, generator=g),
-                timesteps=torch.tensor([100, 700, 300, 900][:size]), cond=torch.randn(size, 3, 5, generator=g), **extra)
+    return dict(
+        latents=torch.randn(size, 4, 8, 8, generator=g),
+        noise=torch.randn(size, 4, 8, 8, generator=g),
+        timesteps=torch.tensor([100, 700, 300, 900][:size]),
+        cond=torch.randn(size, 3, 5, generator=g),
+        **extra,
+    )
 
 
 def step(trainer, args, unet, data, is_train=True):
-    return trainer.process_batch(data, [], unet, None, None, FakeScheduler(), None, torch.float32, FakeAccelerator(), args, None, None, is_train=is_train)
+    return trainer.process_batch(
+        data, [], unet, None, None, FakeScheduler(), None, torch.float32, FakeAccelerator(), args, None, None, is_train=is_train
+    )
 
 
 def test_training_loss_is_base_plus_penalty():
@@ -167,15 +190,22 @@ def test_state_registered_and_metadata_written():
     assert metadata["ss_smooth_method"] == "vjp" and metadata["ss_smooth_ema_decay"] == "0.01"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"smooth_interval": 0}, "smooth_interval"), ({"smooth_interval": "2.5"}, "smooth_interval must be an integer"),
-    ({"smooth_lambda": "much"}, "invalid Smooth Diffusion option"), ({"smooth_method": "hvp"}, "smooth_method"),
-    ({"xformers": True}, "xformers"), ({"mem_eff_attn": True}, "mem_eff_attn"), ({"torch_compile": True}, "torch.compile"),
-    ({"sdpa": True, "gradient_checkpointing": True}, "sdpa together with gradient checkpointing"),
-    ({"smooth_method": "jvp_fd", "network_args": ["rank_dropout=0.1"]}, "network dropout"),
-    ({"smooth_method": "jvp_fd", "network_dropout": 0.1}, "network dropout"),
-    ({"zero_terminal_snr": True}, "zero_terminal_snr with an ε-prediction model"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"smooth_interval": 0}, "smooth_interval"),
+        ({"smooth_interval": "2.5"}, "smooth_interval must be an integer"),
+        ({"smooth_lambda": "much"}, "invalid Smooth Diffusion option"),
+        ({"smooth_method": "hvp"}, "smooth_method"),
+        ({"xformers": True}, "xformers"),
+        ({"mem_eff_attn": True}, "mem_eff_attn"),
+        ({"torch_compile": True}, "torch.compile"),
+        ({"sdpa": True, "gradient_checkpointing": True}, "sdpa together with gradient checkpointing"),
+        ({"smooth_method": "jvp_fd", "network_args": ["rank_dropout=0.1"]}, "network dropout"),
+        ({"smooth_method": "jvp_fd", "network_dropout": 0.1}, "network dropout"),
+        ({"zero_terminal_snr": True}, "zero_terminal_snr with an ε-prediction model"),
+    ],
+)
 def test_invalid_options_stop_before_training(overrides, message):
     with pytest.raises(SystemExit, match=message):
         make_args(**overrides)

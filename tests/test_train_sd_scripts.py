@@ -34,8 +34,9 @@ def build_random_sd15(folder: Path) -> Path:
     a text encoder saved by another transformers major version is silently re-initialised when loaded."""
     from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer
 
-    result = subprocess.run([PYTHON, "-m", "sd15_builder", str(folder)], capture_output=True, text=True, env=dict(ENV, PYTHONPATH=str(REPO / "tests")),
-                            timeout=900)
+    result = subprocess.run(
+        [PYTHON, "-m", "sd15_builder", str(folder)], capture_output=True, text=True, env=dict(ENV, PYTHONPATH=str(REPO / "tests")), timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     write_clip_tokenizer(folder / "tokenizer")
     return folder
@@ -55,8 +56,10 @@ def workspace(tmp_path_factory):
         image.save(images / f"{index}.png")
         (images / f"{index}.txt").write_text(f"a {colour} {shape}")
     for name, batch in (("dataset.toml", 1), ("dataset_b2.toml", 2)):
-        (root / name).write_text(f'[general]\ncaption_extension = ".txt"\nenable_bucket = false\n\n[[datasets]]\nresolution = 64\n'
-                                 f'batch_size = {batch}\n\n  [[datasets.subsets]]\n  image_dir = "{images}"\n  num_repeats = 1\n')
+        (root / name).write_text(
+            f'[general]\ncaption_extension = ".txt"\nenable_bucket = false\n\n[[datasets]]\nresolution = 64\n'
+            f'batch_size = {batch}\n\n  [[datasets.subsets]]\n  image_dir = "{images}"\n  num_repeats = 1\n'
+        )
     model = Path(os.environ["SMOOTH_TEST_SD15_DIR"]) if os.environ.get("SMOOTH_TEST_SD15_DIR") else build_random_sd15(root / "sd15")
     return {"root": root, "model": model}
 
@@ -64,11 +67,35 @@ def workspace(tmp_path_factory):
 def train(workspace, name, *extra, steps=3, dataset="dataset.toml", script="smooth_train_network.py"):
     out = workspace["root"] / name
     command = [
-        PYTHON, str(REPO / "train" / script), "--sd_scripts_dir", SD_SCRIPTS,
-        "--pretrained_model_name_or_path", str(workspace["model"]), "--tokenizer_cache_dir", str(workspace["root"] / "tokenizer"),
-        "--dataset_config", str(workspace["root"] / dataset), "--resolution", "64", "--max_train_steps", str(steps),
-        "--mixed_precision", "no", "--optimizer_type", "AdamW", "--learning_rate", "1e-3", "--seed", "42",
-        "--output_dir", str(out), "--output_name", name, "--save_model_as", "safetensors", *extra,
+        PYTHON,
+        str(REPO / "train" / script),
+        "--sd_scripts_dir",
+        SD_SCRIPTS,
+        "--pretrained_model_name_or_path",
+        str(workspace["model"]),
+        "--tokenizer_cache_dir",
+        str(workspace["root"] / "tokenizer"),
+        "--dataset_config",
+        str(workspace["root"] / dataset),
+        "--resolution",
+        "64",
+        "--max_train_steps",
+        str(steps),
+        "--mixed_precision",
+        "no",
+        "--optimizer_type",
+        "AdamW",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "42",
+        "--output_dir",
+        str(out),
+        "--output_name",
+        name,
+        "--save_model_as",
+        "safetensors",
+        *extra,
     ]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=900)
@@ -84,10 +111,21 @@ def state(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def smooth_run(workspace):
     config = workspace["root"] / "smooth.toml"
-    config.write_text('[network]\nnetwork_module = "networks.lora"\nnetwork_dim = 4\nnetwork_alpha = 4\n\n'
-                      '[smooth]\nsmooth_lambda = 1.0\nsmooth_ema_decay = 0.01\nsmooth_interval = 1\nsmooth_method = "vjp"\n')
-    result = train(workspace, "smooth", "--config_file", str(config), "--save_state", "--log_with", "tensorboard",
-                   "--logging_dir", str(workspace["root"] / "logs"))
+    config.write_text(
+        '[network]\nnetwork_module = "networks.lora"\nnetwork_dim = 4\nnetwork_alpha = 4\n\n'
+        '[smooth]\nsmooth_lambda = 1.0\nsmooth_ema_decay = 0.01\nsmooth_interval = 1\nsmooth_method = "vjp"\n'
+    )
+    result = train(
+        workspace,
+        "smooth",
+        "--config_file",
+        str(config),
+        "--save_state",
+        "--log_with",
+        "tensorboard",
+        "--logging_dir",
+        str(workspace["root"] / "logs"),
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -106,9 +144,11 @@ def test_state_holds_the_moving_target(smooth_run):
 
 
 def test_step_logs_carry_the_regularizer(smooth_run, workspace):
-    probe = ("import glob, sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
-             "tags = set()\nfor path in glob.glob(sys.argv[1] + '/**/events.*', recursive=True):\n"
-             "    acc = EventAccumulator(path); acc.Reload(); tags |= set(acc.Tags()['scalars'])\nprint(sorted(tags))\n")
+    probe = (
+        "import glob, sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n"
+        "tags = set()\nfor path in glob.glob(sys.argv[1] + '/**/events.*', recursive=True):\n"
+        "    acc = EventAccumulator(path); acc.Reload(); tags |= set(acc.Tags()['scalars'])\nprint(sorted(tags))\n"
+    )
     result = subprocess.run([PYTHON, "-c", probe, str(workspace["root"] / "logs")], capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode == 0, result.stderr
     for tag in ("reg/variation_mean", "reg/target_a", "reg/penalty", "loss/current"):
@@ -118,8 +158,22 @@ def test_step_logs_carry_the_regularizer(smooth_run, workspace):
 def test_resume_restores_the_regularizer_state(smooth_run, workspace):
     before = state(smooth_run.out / "smooth-state")
     # decay 1e-6 on the resumed run: a restored target stays where it was; a fresh one would be ≈ 4e-6·r
-    result = train(workspace, "smooth", "--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "4",
-                   "--resume", str(smooth_run.out / "smooth-state"), "--save_state", "--smooth_ema_decay", "1e-6", steps=4)
+    result = train(
+        workspace,
+        "smooth",
+        "--network_module",
+        "networks.lora",
+        "--network_dim",
+        "4",
+        "--network_alpha",
+        "4",
+        "--resume",
+        str(smooth_run.out / "smooth-state"),
+        "--save_state",
+        "--smooth_ema_decay",
+        "1e-6",
+        steps=4,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     after = state(result.out / "smooth-state")
     # sd-scripts' --resume restores weights and optimizer but (without --skip_until_initial_step) runs
@@ -131,8 +185,22 @@ def test_resume_restores_the_regularizer_state(smooth_run, workspace):
 def test_penalty_changes_what_is_learned(smooth_run, workspace):
     """λ = 1e-8 runs the regularizer (same random directions, same batches) with a negligible penalty:
     what differs from the λ = 1 run is the penalty's gradient alone, not extra random draws."""
-    faint = train(workspace, "faint", "--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "4",
-                  "--smooth_lambda", "1e-8", "--smooth_ema_decay", "0.01", "--smooth_method", "vjp")
+    faint = train(
+        workspace,
+        "faint",
+        "--network_module",
+        "networks.lora",
+        "--network_dim",
+        "4",
+        "--network_alpha",
+        "4",
+        "--smooth_lambda",
+        "1e-8",
+        "--smooth_ema_decay",
+        "0.01",
+        "--smooth_method",
+        "vjp",
+    )
     assert faint.returncode == 0, faint.stderr[-4000:]
     with safe_open(str(faint.out / "faint.safetensors"), "pt") as a, safe_open(str(smooth_run.out / "smooth.safetensors"), "pt") as b:
         differences = [float((a.get_tensor(k) - b.get_tensor(k)).abs().max()) for k in a.keys() if k.endswith("lora_up.weight")]
@@ -154,8 +222,23 @@ def test_produced_lora_loads_through_lib_smooth(smooth_run, workspace):
 
 
 def test_attention_only_network_and_jvp_with_batch_shrink(workspace):
-    result = train(workspace, "fd", "--network_module", "smooth_attention_lora", "--network_dim", "4", "--network_alpha", "4",
-                   "--network_train_unet_only", "--smooth_method", "jvp_fd", "--smooth_batch_shrink", "2", steps=2, dataset="dataset_b2.toml")
+    result = train(
+        workspace,
+        "fd",
+        "--network_module",
+        "smooth_attention_lora",
+        "--network_dim",
+        "4",
+        "--network_alpha",
+        "4",
+        "--network_train_unet_only",
+        "--smooth_method",
+        "jvp_fd",
+        "--smooth_batch_shrink",
+        "2",
+        steps=2,
+        dataset="dataset_b2.toml",
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     with safe_open(str(result.out / "fd.safetensors"), "pt") as handle:
         modules = {k.split(".")[0] for k in handle.keys()}
@@ -194,17 +277,37 @@ def test_shipped_configs_train_a_step_as_shipped(workspace, config):
     gradient accumulation (the paper's 8 micro-steps would only repeat the same step)."""
     dataset = shipped_dataset(workspace, f"shipped-{config}", batch=1)
     out = workspace["root"] / f"out-{config}"
-    command = [PYTHON, str(REPO / "train" / "smooth_train_network.py"), "--sd_scripts_dir", SD_SCRIPTS,
-               "--config_file", str(REPO / "train" / "configs" / config), "--pretrained_model_name_or_path", str(workspace["model"]),
-               "--tokenizer_cache_dir", str(workspace["root"] / "tokenizer"), "--dataset_config", str(dataset), "--resolution", "64",
-               "--max_train_steps", "1", "--gradient_accumulation_steps", "1", "--output_dir", str(out)]
+    command = [
+        PYTHON,
+        str(REPO / "train" / "smooth_train_network.py"),
+        "--sd_scripts_dir",
+        SD_SCRIPTS,
+        "--config_file",
+        str(REPO / "train" / "configs" / config),
+        "--pretrained_model_name_or_path",
+        str(workspace["model"]),
+        "--tokenizer_cache_dir",
+        str(workspace["root"] / "tokenizer"),
+        "--dataset_config",
+        str(dataset),
+        "--resolution",
+        "64",
+        "--max_train_steps",
+        "1",
+        "--gradient_accumulation_steps",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=1200, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     assert list(out.glob("*.safetensors")), result.stdout[-2000:]
 
 
-@pytest.mark.skipif(not os.environ.get("SMOOTH_TEST_SDXL"),
-                    reason="set SMOOTH_TEST_SDXL=1 to also train a full-size random SDXL through sd-scripts (≈ 20 GB of RAM, several minutes)")
+@pytest.mark.skipif(
+    not os.environ.get("SMOOTH_TEST_SDXL"),
+    reason="set SMOOTH_TEST_SDXL=1 to also train a full-size random SDXL through sd-scripts (≈ 20 GB of RAM, several minutes)",
+)
 def test_sdxl_trainer_with_checkpointing_and_batch_shrink(workspace):
     """The SDXL trainer for real, with train/configs/sdxl.toml as shipped (bf16, gradient checkpointing
     switched to non-reentrant, cached text-encoder outputs, its network): a full-size random SDXL base
@@ -216,23 +319,48 @@ def test_sdxl_trainer_with_checkpointing_and_batch_shrink(workspace):
     checkpoint = root / "sdxl-random.safetensors"
     if not checkpoint.exists():
         # built in a child process so its ≈ 7 GB are free again before sd-scripts loads the model
-        build = ("import sys\nfrom pathlib import Path\nfrom lib_smooth.backends.tiny import build_full_size_backend\n"
-                 "from lib_smooth.backends.ldm_layout import save_single_file\n"
-                 "save_single_file(build_full_size_backend('sdxl', tokenizer_dir=Path(sys.argv[2])), Path(sys.argv[1]))\n")
-        result = subprocess.run([sys.executable, "-c", build, str(checkpoint), str(root / "sdxl-tok")], capture_output=True, text=True,
-                                env=dict(ENV, PYTHONPATH=str(REPO)), timeout=1800)
+        build = (
+            "import sys\nfrom pathlib import Path\nfrom lib_smooth.backends.tiny import build_full_size_backend\n"
+            "from lib_smooth.backends.ldm_layout import save_single_file\n"
+            "save_single_file(build_full_size_backend('sdxl', tokenizer_dir=Path(sys.argv[2])), Path(sys.argv[1]))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", build, str(checkpoint), str(root / "sdxl-tok")],
+            capture_output=True,
+            text=True,
+            env=dict(ENV, PYTHONPATH=str(REPO)),
+            timeout=1800,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     tokenizers = root / "sdxl-tokenizers"
     write_clip_tokenizer(tokenizers / "openai_clip-vit-large-patch14")
     write_clip_tokenizer(tokenizers / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", pad_token="!")
     out = root / "sdxl"
     command = [
-        PYTHON, str(REPO / "train" / "smooth_sdxl_train_network.py"), "--sd_scripts_dir", SD_SCRIPTS,
-        "--config_file", str(REPO / "train" / "configs" / "sdxl.toml"),
-        "--pretrained_model_name_or_path", str(checkpoint), "--tokenizer_cache_dir", str(tokenizers),
-        "--dataset_config", str(shipped_dataset(workspace, "sdxl-dataset.toml", batch=2)), "--resolution", "64",
-        "--max_train_steps", "2", "--gradient_accumulation_steps", "1", "--smooth_batch_shrink", "2",
-        "--output_dir", str(out), "--output_name", "sdxl",
+        PYTHON,
+        str(REPO / "train" / "smooth_sdxl_train_network.py"),
+        "--sd_scripts_dir",
+        SD_SCRIPTS,
+        "--config_file",
+        str(REPO / "train" / "configs" / "sdxl.toml"),
+        "--pretrained_model_name_or_path",
+        str(checkpoint),
+        "--tokenizer_cache_dir",
+        str(tokenizers),
+        "--dataset_config",
+        str(shipped_dataset(workspace, "sdxl-dataset.toml", batch=2)),
+        "--resolution",
+        "64",
+        "--max_train_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--smooth_batch_shrink",
+        "2",
+        "--output_dir",
+        str(out),
+        "--output_name",
+        "sdxl",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=3600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]

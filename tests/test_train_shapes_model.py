@@ -55,8 +55,9 @@ def test_encode_all_encodes_each_caption_once_and_puts_its_latents_everywhere():
 
 def test_check_vae_reads_shapes_back_through_the_vae():
     def vae_keeping(keep):  # encode to the pixels themselves; decode through `keep`
-        return SimpleNamespace(encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x)),
-                               decode=lambda z: SimpleNamespace(sample=keep(z)))
+        return SimpleNamespace(
+            encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x)), decode=lambda z: SimpleNamespace(sample=keep(z))
+        )
 
     assert check_vae(vae_keeping(lambda z: z), 40) == {"colour": 1.0, "shape": 1.0, "both": 1.0, "count": 40}
     # A decoder that keeps only the picture's mean colour keeps no shape
@@ -75,7 +76,7 @@ def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
     images, captions = render_dataset(8, seed=0)
     log: list = []
     vae = train_vae(images, steps=30, full_size_steps=2, batch=8, lr=1e-3, log=log)
-    first, last = [entry["l1"] for entry in log if entry["stage"] == "vae"][::len(log) - 1]
+    first, last = [entry["l1"] for entry in log if entry["stage"] == "vae"][:: len(log) - 1]
     assert last < 0.85 * first  # 0.62 → 0.47 on this seed
     latents = encode_all(vae, images, captions)
     assert latents.shape == (8, 4, 8, 8)
@@ -97,7 +98,7 @@ def test_the_decoder_stage_beside_the_unet_trains_only_the_decoder_and_gives_the
     from diffusers import AutoencoderKL
     from transformers import CLIPTokenizer
 
-    from train_shapes_model import finish_decoder_beside, render_dataset, start_decoder_beside, watch_decoder, train_denoiser, train_vae
+    from train_shapes_model import finish_decoder_beside, render_dataset, start_decoder_beside, train_denoiser, train_vae, watch_decoder
 
     torch.manual_seed(0)
     images, captions = render_dataset(8, seed=0)

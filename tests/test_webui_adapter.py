@@ -33,8 +33,10 @@ class SpatialTransformer(torch.nn.Module):
 
 
 def ldm_unet(layers=2, attention_levels=(1, 2, 3), levels=4):
-    blocks = [torch.nn.Sequential(torch.nn.Identity(), *([SpatialTransformer()] if index // (layers + 1) in attention_levels else []))
-              for index in range(levels * (layers + 1))]
+    blocks = [
+        torch.nn.Sequential(torch.nn.Identity(), *([SpatialTransformer()] if index // (layers + 1) in attention_levels else []))
+        for index in range(levels * (layers + 1))
+    ]
     return types.SimpleNamespace(num_res_blocks=[layers] * levels, output_blocks=blocks, channel_mult=(1,) * levels)
 
 
@@ -67,8 +69,12 @@ def fake_webui(monkeypatch, tmp_path):
     networks.list_available_networks = lambda: networks.rescans.append(True)
     networks.network_apply_weights = lambda module: networks.merged.append(tuple(n.name for n in networks.loaded_networks))
     modules = types.ModuleType("modules")
-    modules.shared = types.SimpleNamespace(sd_model=model, device="cpu", progress_print_out=sys.stderr,
-                                           state=types.SimpleNamespace(interrupted=False, skipped=False, stopping_generation=False))
+    modules.shared = types.SimpleNamespace(
+        sd_model=model,
+        device="cpu",
+        progress_print_out=sys.stderr,
+        state=types.SimpleNamespace(interrupted=False, skipped=False, stopping_generation=False),
+    )
     modules.sd_samplers_common = types.SimpleNamespace(store_latent=lambda x: setattr(modules.shared.state, "current_latent", x))
     monkeypatch.setitem(sys.modules, "networks", networks)
     monkeypatch.setitem(sys.modules, "modules", modules)
@@ -103,8 +109,13 @@ def test_official_format_is_converted_once_beside_the_original(fake_webui, tmp_p
 
     networks, modules = fake_webui
     model = modules.shared.sd_model
-    save_file({"down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": torch.ones(8, 320),
-               "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": torch.ones(320, 8)}, str(tmp_path / "official.safetensors"))
+    save_file(
+        {
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": torch.ones(8, 320),
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight": torch.ones(320, 8),
+        },
+        str(tmp_path / "official.safetensors"),
+    )
     networks.available_networks["official"] = types.SimpleNamespace(name="official", filename=str(tmp_path / "official.safetensors"))
     refreshed = []
     networks.list_available_networks = lambda: refreshed.append(True)
@@ -146,12 +157,18 @@ def test_a_lora_that_does_not_fit_is_refused_and_the_users_networks_come_back(fa
             for network in networks.loaded_networks:
                 if network.name == "smooth":
                     network.modules = matched
+
         return load
 
     assert checked_name("smooth", model) == "smooth"
-    for matched, error, message in (({}, LoraError, "matches none of this model's layers"),
-                                    ({"x": FakeModule("lora_unet_layer", torch.nn.Linear(3, 2), rank=1, delta=(2, 2))}, LoraShapeError,
-                                     r"layer lora_unet_layer gives a \(2, 2\) delta but the model layer is \(2, 3\)")):
+    for matched, error, message in (
+        ({}, LoraError, "matches none of this model's layers"),
+        (
+            {"x": FakeModule("lora_unet_layer", torch.nn.Linear(3, 2), rank=1, delta=(2, 2))},
+            LoraShapeError,
+            r"layer lora_unet_layer gives a \(2, 2\) delta but the model layer is \(2, 3\)",
+        ),
+    ):
         networks.load_networks = loading_with(matched)
         with pytest.raises(error, match=message):
             checked_name("smooth", model)
@@ -179,8 +196,9 @@ def test_progress_drives_shared_state_and_honours_interrupt(fake_webui):
 
 
 def _generation(fake_webui, prompts):
-    return types.SimpleNamespace(all_prompts=list(prompts), all_hr_prompts=list(prompts[:1]), extra_generation_params={},
-                                 sd_model=fake_webui[1].shared.sd_model, sample=None)
+    return types.SimpleNamespace(
+        all_prompts=list(prompts), all_hr_prompts=list(prompts[:1]), extra_generation_params={}, sd_model=fake_webui[1].shared.sd_model, sample=None
+    )
 
 
 def test_accordion_adds_the_lora_tag_and_infotext(fake_webui):
@@ -200,7 +218,9 @@ def test_a_pasted_infotext_does_not_apply_the_lora_twice(fake_webui):
     assert p.all_prompts == ["a cat <lora:smooth:0.75>", "a dog <lora:smooth:0.75>"]
 
 
-@pytest.mark.parametrize("lora, weight, reason", [("missing", 1.0, "LoRA 'missing' not found"), ("smooth", "heavy", "weight must be a number; got 'heavy'")])
+@pytest.mark.parametrize(
+    "lora, weight, reason", [("missing", 1.0, "LoRA 'missing' not found"), ("smooth", "heavy", "weight must be a number; got 'heavy'")]
+)
 def test_accordion_problems_refuse_the_generation_with_the_reason(fake_webui, lora, weight, reason):
     from lib_smooth.webui.generation import GenerationRefused
 
@@ -217,8 +237,13 @@ def test_img2img_script_arguments_are_checked():
     from lib_smooth.webui.generation import inversion_settings
 
     assert inversion_settings("a cat", 0.8, "null-text") == ("a cat", 0.8, "null-text")
-    for args, reason in ((("a", 0.8, "magic"), "inversion must be one of"), (("a", "0.8", "ddim"), "must be a number"),
-                         (("a", True, "ddim"), "must be a number"), (("a", 1.2, "ddim"), "between 0 and 1"), ((None, 0.8, "ddim"), "must be text")):
+    for args, reason in (
+        (("a", 0.8, "magic"), "inversion must be one of"),
+        (("a", "0.8", "ddim"), "must be a number"),
+        (("a", True, "ddim"), "must be a number"),
+        (("a", 1.2, "ddim"), "between 0 and 1"),
+        ((None, 0.8, "ddim"), "must be text"),
+    ):
         with pytest.raises(RequestError, match=reason):
             inversion_settings(*args)
 
@@ -227,8 +252,14 @@ def test_infotext_round_trips():
     assert parse_infotext("smooth:0.75") == ("smooth", 0.75)
     assert parse_infotext("my:lora:1") == ("my:lora", 1.0)
     assert parse_infotext("plain") == ("plain", 1.0)
-    text = infotext({"job": "interpolate", "model_hash": "abc", "lora": {"name": "smooth", "weight": 0.5},
-                     "settings": {"prompt_a": "a cat", "negative_prompt": "blurry", "steps": 20, "guidance": 7.5, "seed_a": 3, "width": 64, "height": 64}})
+    text = infotext(
+        {
+            "job": "interpolate",
+            "model_hash": "abc",
+            "lora": {"name": "smooth", "weight": 0.5},
+            "settings": {"prompt_a": "a cat", "negative_prompt": "blurry", "steps": 20, "guidance": 7.5, "seed_a": 3, "width": 64, "height": 64},
+        }
+    )
     assert text.startswith("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: DDIM, CFG scale: 7.5, Seed: 3, Size: 64x64, Model hash: abc")
     assert "Smooth-LoRA: smooth:0.5" in text
 
@@ -242,4 +273,4 @@ def test_distance_plot_draws_each_model():
     assert dark((0, 70, 62, 320)) > 20 and dark((72, 314, 640, 330)) > 10  # values on the y and the x axis
     assert dark((80, 22, 560, 46)) > 50  # the title, in the band above the plot area
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 16)}
-    assert (0xd6, 0x27, 0x28) in colours and (0x1f, 0x77, 0xb4) in colours
+    assert (0xD6, 0x27, 0x28) in colours and (0x1F, 0x77, 0xB4) in colours

@@ -26,8 +26,11 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("WEBUI_DIR")
-pytestmark = pytest.mark.skipif(not WEBUI, reason="WEBUI_DIR is not set: point it at an installed AUTOMATIC1111 WebUI v1.10.1 "
-                                "(README, Tests: WEBUI_DIR / WEBUI_PYTHON) to test the extension for real")
+pytestmark = pytest.mark.skipif(
+    not WEBUI,
+    reason="WEBUI_DIR is not set: point it at an installed AUTOMATIC1111 WebUI v1.10.1 "
+    "(README, Tests: WEBUI_DIR / WEBUI_PYTHON) to test the extension for real",
+)
 
 
 def free_port() -> int:
@@ -58,14 +61,19 @@ def foreign_loras(backend, folder: Path) -> None:
     from lib_smooth.lora_formats import LoraLayer, LoraNetwork, diffusers_unet_path, load_lora, save_kohya, sgm_module_name
 
     ldm = load_lora(folder / "smooth-e2e.safetensors")
-    by_ldm = {"lora_unet_" + sgm_module_name(name, 1, frozenset({1})): "lora_unet_" + name.replace(".", "_")
-              for name, _ in backend.unet_model.named_modules() if name}
+    by_ldm = {
+        "lora_unet_" + sgm_module_name(name, 1, frozenset({1})): "lora_unet_" + name.replace(".", "_")
+        for name, _ in backend.unet_model.named_modules()
+        if name
+    }
     save_kohya(LoraNetwork({by_ldm[name]: layer for name, layer in ldm.layers.items()}, "kohya"), folder / "diffusers-names.safetensors")
     assert all(diffusers_unet_path(name) for name in load_lora(folder / "diffusers-names.safetensors").layers)
     big = {name: LoraLayer(torch.ones(4, 768), torch.ones(320, 4)) for name in ldm.layers if name.endswith(("attn2_to_k", "attn2_to_v"))}
     save_kohya(LoraNetwork(big, "kohya"), folder / "sd15-sized.safetensors")
-    save_kohya(LoraNetwork({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": LoraLayer(torch.ones(4, 1280), torch.ones(1280, 4))}, "kohya"),
-               folder / "for-sdxl.safetensors")
+    save_kohya(
+        LoraNetwork({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": LoraLayer(torch.ones(4, 1280), torch.ones(1280, 4))}, "kohya"),
+        folder / "for-sdxl.safetensors",
+    )
 
 
 def write_hf_cache(home: Path) -> None:
@@ -78,26 +86,77 @@ def write_hf_cache(home: Path) -> None:
     (entry / "refs").mkdir(parents=True, exist_ok=True)
     (entry / "refs" / "main").write_text("offline")
     (home / "hub" / "version.txt").write_text("1")
-    text = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=768)
-    (snapshot / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 768, "text_config": text}))
+    text = dict(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        projection_dim=768,
+    )
+    (snapshot / "config.json").write_text(
+        json.dumps({"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": 768, "text_config": text})
+    )
 
 
 def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
     """Start the WebUI API-only (or with its UI and API) on a free port; returns (process, base URL) once our routes answer."""
     port = free_port()
-    env = dict(os.environ, HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        HF_HOME=str(root / "hf"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        OMP_NUM_THREADS="1",
+    )
     python = os.environ.get("WEBUI_PYTHON", str(Path(WEBUI) / "venv" / "bin" / "python"))
     log_path = root / f"webui-{port}.log"
     process = subprocess.Popen(
-        [python, "launch.py", "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test", "--skip-python-version-check",
-         "--skip-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--disable-nan-check", "--no-download-sd-model",
-         "--ckpt", str(checkpoint), "--lora-dir", str(root / "loras"), "--server-name", "127.0.0.1", "--port", str(port), "--api" if ui else "--nowebui",
-         # settings and UI state files of the test's own: the user's are neither read (saved slider bounds would
-         # hide ours) nor written
-         "--ui-settings-file", str(root / "config.json"), "--ui-config-file", str(root / "ui-config.json"), *extra],
-        cwd=WEBUI, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        [
+            python,
+            "launch.py",
+            "--skip-prepare-environment",
+            "--skip-install",
+            "--skip-torch-cuda-test",
+            "--skip-python-version-check",
+            "--skip-version-check",
+            "--use-cpu",
+            "all",
+            "--no-half",
+            "--precision",
+            "full",
+            "--disable-nan-check",
+            "--no-download-sd-model",
+            "--ckpt",
+            str(checkpoint),
+            "--lora-dir",
+            str(root / "loras"),
+            "--server-name",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api" if ui else "--nowebui",
+            # settings and UI state files of the test's own: the user's are neither read (saved slider bounds would
+            # hide ours) nor written
+            "--ui-settings-file",
+            str(root / "config.json"),
+            "--ui-config-file",
+            str(root / "ui-config.json"),
+            *extra,
+        ],
+        cwd=WEBUI,
+        env=env,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -134,8 +193,9 @@ def installed(tmp_path_factory):
     write_hf_cache(root / "hf")
     backend = build_tiny_backend("sd1", seed=0)
     # a name of this run's own, so no file of the user's can be overwritten or removed
-    checkpoint = save_single_file(backend, Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-tiny-{os.getpid()}.safetensors",
-                                  tokenizer_and_config_dir=root / "text")
+    checkpoint = save_single_file(
+        backend, Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-tiny-{os.getpid()}.safetensors", tokenizer_and_config_dir=root / "text"
+    )
     (root / "loras").mkdir()
     tiny_lora(backend, root / "loras" / "smooth-e2e.safetensors")
     foreign_loras(backend, root / "loras")
@@ -160,7 +220,9 @@ def webui(installed):
 
 def call(webui, path, body=None, method=None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(webui["base"] + path, data=data, method=method or ("POST" if data else "GET"), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        webui["base"] + path, data=data, method=method or ("POST" if data else "GET"), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read())
@@ -181,7 +243,11 @@ def drawn() -> str:
 
 
 def txt2img(webui) -> np.ndarray:
-    status, body = call(webui, "/sdapi/v1/txt2img", {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1})
+    status, body = call(
+        webui,
+        "/sdapi/v1/txt2img",
+        {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1},
+    )
     assert status == 200, body
     return image(body["images"][0])
 
@@ -199,7 +265,11 @@ def test_size_defaults_to_the_loaded_models_native_size(webui):
 
 
 def test_interpolation_between_seeds(webui):
-    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 5, "steps": 6, "width": 64, "height": 64})
+    status, body = call(
+        webui,
+        "/smooth-diffusion/v1/interpolate",
+        {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 5, "steps": 6, "width": 64, "height": 64},
+    )
     assert status == 200, body
     frames = [image(f) for f in body["frames"]]
     assert len(frames) == 5 and frames[0].shape == (64, 64, 3)
@@ -211,8 +281,20 @@ def test_inversion_edit_and_null_text(webui):
     status, body = call(webui, "/smooth-diffusion/v1/invert", {"image": drawn(), "prompt": "an orange circle", "steps": 6, "width": 64, "height": 64})
     assert status == 200, body
     assert image(body["reconstruction"]).shape == (64, 64, 3) and body["metrics"]["psnr"] > 0 and 0 <= body["metrics"]["ssim"] <= 1
-    status, body = call(webui, "/smooth-diffusion/v1/edit", {"image": drawn(), "prompt": "an orange circle", "target_prompt": "a green square",
-                                                             "steps": 6, "width": 64, "height": 64, "inversion": "null-text", "null_text_steps": 2})
+    status, body = call(
+        webui,
+        "/smooth-diffusion/v1/edit",
+        {
+            "image": drawn(),
+            "prompt": "an orange circle",
+            "target_prompt": "a green square",
+            "steps": 6,
+            "width": 64,
+            "height": 64,
+            "inversion": "null-text",
+            "null_text_steps": 2,
+        },
+    )
     assert status == 200, body
     assert image(body["edited"]).shape == (64, 64, 3) and body["sidecar"]["settings"]["inversion"] == "null-text"
 
@@ -229,8 +311,11 @@ def test_lora_changes_results_and_weights_come_back(webui):
 
 
 def test_istd_with_and_without_lora(webui):
-    status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": ["a cat", "a dog"], "points": 4, "steps": 3, "width": 64, "height": 64,
-                                                            "lora": "smooth-e2e", "compare_without_lora": True})
+    status, body = call(
+        webui,
+        "/smooth-diffusion/v1/istd",
+        {"prompts": ["a cat", "a dog"], "points": 4, "steps": 3, "width": 64, "height": 64, "lora": "smooth-e2e", "compare_without_lora": True},
+    )
     assert status == 200, body
     assert len(body["istd"]["per_prompt"]) == 2 and body["istd"]["resolution"] == [64, 64]
     assert body["istd"]["mean"]["distances"] != body["istd_without_lora"]["mean"]["distances"]
@@ -244,9 +329,11 @@ def test_bad_requests_get_clear_4xx_and_the_server_stays_up(webui):
     assert status == 422 and "base64" in body["detail"]
     status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a", "lora": "no-such-lora"})
     assert status == 400 and "not found" in body["detail"]
-    for request, message in (({"prompt_a": "a", "frames": "3"}, "frames must be of type int; got '3'"),
-                             ({"prompt_a": "a", "steps": 1000}, "steps must be between 1 and 999"),
-                             ({"prompt_a": "a", "seed_a": -1}, "between 0 and 4294967295")):
+    for request, message in (
+        ({"prompt_a": "a", "frames": "3"}, "frames must be of type int; got '3'"),
+        ({"prompt_a": "a", "steps": 1000}, "steps must be between 1 and 999"),
+        ({"prompt_a": "a", "seed_a": -1}, "between 0 and 4294967295"),
+    ):
         status, body = call(webui, "/smooth-diffusion/v1/interpolate", request)
         assert status == 422 and message in body["detail"], body
     status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": "a cat"})
@@ -266,18 +353,36 @@ def test_an_image_far_too_large_is_refused_before_decoding(webui):
 
 def test_accordion_applies_the_lora_through_alwayson_scripts(webui):
     before = txt2img(webui)
-    payload = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1,
-               "alwayson_scripts": {"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}}}
+    payload = {
+        "prompt": "a photo of a cat",
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "sampler_name": "Euler",
+        "cfg_scale": 7,
+        "seed": 1,
+        "alwayson_scripts": {"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}},
+    }
     status, body = call(webui, "/sdapi/v1/txt2img", payload)
     assert status == 200, body
-    assert "Smooth-LoRA: \"smooth-e2e:1\"" in json.loads(body["info"])["infotexts"][0]  # the WebUI quotes values with colons
+    assert 'Smooth-LoRA: "smooth-e2e:1"' in json.loads(body["info"])["infotexts"][0]  # the WebUI quotes values with colons
     assert not np.array_equal(image(body["images"][0]), before)
     assert np.array_equal(txt2img(webui), before)  # without the accordion the LoRA is gone again
 
 
 def test_img2img_smooth_inversion_script(webui):
-    payload = {"init_images": [drawn()], "prompt": "a green square", "width": 64, "height": 64, "steps": 6, "cfg_scale": 5, "seed": 1,
-               "denoising_strength": 1.0, "script_name": "smooth inversion", "script_args": ["an orange circle", 0.8, "ddim"]}
+    payload = {
+        "init_images": [drawn()],
+        "prompt": "a green square",
+        "width": 64,
+        "height": 64,
+        "steps": 6,
+        "cfg_scale": 5,
+        "seed": 1,
+        "denoising_strength": 1.0,
+        "script_name": "smooth inversion",
+        "script_args": ["an orange circle", 0.8, "ddim"],
+    }
     status, body = call(webui, "/sdapi/v1/img2img", payload)
     assert status == 200, body
     assert image(body["images"][0]).shape == (64, 64, 3)
@@ -286,12 +391,25 @@ def test_img2img_smooth_inversion_script(webui):
     assert "Smooth source prompt: an orange circle" in infotext and "Denoising strength" not in infotext
 
 
-@pytest.mark.parametrize("script_args, reason", [(["a circle", 0.8, "magic"], "inversion must be one of ddim"),
-                                                 (["a circle", "most", "ddim"], "switch threshold r must be a number"),
-                                                 (["a circle", 1.5, "ddim"], "between 0 and 1")])
+@pytest.mark.parametrize(
+    "script_args, reason",
+    [
+        (["a circle", 0.8, "magic"], "inversion must be one of ddim"),
+        (["a circle", "most", "ddim"], "switch threshold r must be a number"),
+        (["a circle", 1.5, "ddim"], "between 0 and 1"),
+    ],
+)
 def test_img2img_smooth_inversion_refuses_bad_script_args(webui, script_args, reason):
-    payload = {"init_images": [drawn()], "prompt": "a green square", "width": 64, "height": 64, "steps": 3, "seed": 1,
-               "script_name": "smooth inversion", "script_args": script_args}
+    payload = {
+        "init_images": [drawn()],
+        "prompt": "a green square",
+        "width": 64,
+        "height": 64,
+        "steps": 3,
+        "seed": 1,
+        "script_name": "smooth inversion",
+        "script_args": script_args,
+    }
     status, body = call(webui, "/sdapi/v1/img2img", payload)
     assert status == 422 and reason in body["detail"], body
 
@@ -300,8 +418,16 @@ def test_img2img_smooth_inversion_interrupted_answers_409(webui):
     import threading
 
     outcome = {}
-    payload = {"init_images": [drawn()], "prompt": "a green square", "width": 128, "height": 128, "steps": 400, "seed": 1,
-               "script_name": "smooth inversion", "script_args": ["an orange circle", 0.8, "ddim"]}
+    payload = {
+        "init_images": [drawn()],
+        "prompt": "a green square",
+        "width": 128,
+        "height": 128,
+        "steps": 400,
+        "seed": 1,
+        "script_name": "smooth inversion",
+        "script_args": ["an orange circle", 0.8, "ddim"],
+    }
     worker = threading.Thread(target=lambda: outcome.setdefault("result", call(webui, "/sdapi/v1/img2img", payload)))
     worker.start()
     deadline = time.time() + 60
@@ -328,7 +454,10 @@ def test_routes_honour_api_auth(installed, webui):
         stop(process)
 
 
-@pytest.mark.skipif(not os.environ.get("SMOOTH_E2E_FULL_SIZE"), reason="set SMOOTH_E2E_FULL_SIZE=1 to also check full-size SD2 768-v and SDXL models (GBs of disk, SDXL ≈ 15 GB RAM)")
+@pytest.mark.skipif(
+    not os.environ.get("SMOOTH_E2E_FULL_SIZE"),
+    reason="set SMOOTH_E2E_FULL_SIZE=1 to also check full-size SD2 768-v and SDXL models (GBs of disk, SDXL ≈ 15 GB RAM)",
+)
 @pytest.mark.parametrize("arch", ["sd2", "sdxl"])
 def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
     from lib_smooth.backends.ldm_layout import save_single_file
@@ -341,17 +470,27 @@ def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
         process, base = launch(root, checkpoint)
         webui = {"base": base}
         try:
-            status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 3, "width": 64, "height": 64})
+            status, body = call(
+                webui,
+                "/smooth-diffusion/v1/interpolate",
+                {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 3, "width": 64, "height": 64},
+            )
             assert status == 200, body
             assert len(body["frames"]) == 3
-            status, body = call(webui, "/smooth-diffusion/v1/invert", {"image": drawn(), "prompt": "a circle", "steps": 3, "width": 64, "height": 64,
-                                                                     "inversion": "null-text", "null_text_steps": 2})
+            status, body = call(
+                webui,
+                "/smooth-diffusion/v1/invert",
+                {"image": drawn(), "prompt": "a circle", "steps": 3, "width": 64, "height": 64, "inversion": "null-text", "null_text_steps": 2},
+            )
             assert status == 200, body
             status, body = call(webui, "/smooth-diffusion/v1/istd", {"prompts": ["a cat"], "points": 3, "steps": 2, "width": 64, "height": 64})
             assert status == 200, body
             # prompts over 75 tokens: the SD2 (OpenCLIP) and SDXL (two encoders, pooled vector) conditionings
-            status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a cat", "negative_prompt": LONG_PROMPT,
-                                                                           "frames": 3, "steps": 2, "width": 64, "height": 64})
+            status, body = call(
+                webui,
+                "/smooth-diffusion/v1/interpolate",
+                {"prompt_a": LONG_PROMPT, "prompt_b": "a cat", "negative_prompt": LONG_PROMPT, "frames": 3, "steps": 2, "width": 64, "height": 64},
+            )
             assert status == 200, body
         finally:
             stop(process)
@@ -368,10 +507,10 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
 
     from lib_smooth import shapes
     from lib_smooth.backends import open_model
+    from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
     from lib_smooth.ddim import guided_eps, sample
     from lib_smooth.images import tensor_to_pils
     from lib_smooth.interpolate import seed_noise
-    from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
 
     root, _ = installed
     target = Path(WEBUI) / "models" / "Stable-diffusion"
@@ -384,18 +523,26 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
     spec = shapes.ShapeSpec("circle", "red", "blue", "large", "in the centre")
     backend = open_model()[0]
     cond, uncond = backend.encode_prompts([spec.caption], 64, 64), backend.encode_prompts([""], 64, 64)
-    expected = tensor_to_pils(backend.decode_latents(sample(guided_eps(backend, cond, uncond, 5.0), seed_noise(3, (1, 4, 8, 8)), backend.alphas_cumprod, 25)))[0]
+    expected = tensor_to_pils(
+        backend.decode_latents(sample(guided_eps(backend, cond, uncond, 5.0), seed_noise(3, (1, 4, 8, 8)), backend.alphas_cumprod, 25))
+    )[0]
     try:
         process, base = launch(root, target / CHECKPOINT.name)
         webui = {"base": base}
         try:
-            status, body = call(webui, "/sdapi/v1/txt2img", {"prompt": spec.caption, "width": 64, "height": 64, "steps": 25,
-                                                             "sampler_name": "DDIM", "cfg_scale": 5, "seed": 3})
+            status, body = call(
+                webui,
+                "/sdapi/v1/txt2img",
+                {"prompt": spec.caption, "width": 64, "height": 64, "steps": 25, "sampler_name": "DDIM", "cfg_scale": 5, "seed": 3},
+            )
             assert status == 200, body
             drawn_by_webui = image(body["images"][0]).astype(np.float64)
             assert np.abs(drawn_by_webui - np.asarray(expected, dtype=np.float64)).mean() < 2.0  # of 255
-            status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": spec.caption, "seed_a": 3, "seed_b": 4, "frames": 3,
-                                                                           "steps": 25, "guidance": 5, "width": 64, "height": 64})
+            status, body = call(
+                webui,
+                "/smooth-diffusion/v1/interpolate",
+                {"prompt_a": spec.caption, "seed_a": 3, "seed_b": 4, "frames": 3, "steps": 25, "guidance": 5, "width": 64, "height": 64},
+            )
             assert status == 200, body
             assert np.abs(image(body["frames"][0]).astype(np.float64) - drawn_by_webui).mean() < 2.0
         finally:
@@ -413,8 +560,11 @@ def test_interrupt_stops_a_job_within_a_step(webui):
     outcome = {}
 
     def long_job():
-        outcome["result"] = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 64,
-                                                                           "steps": 200, "width": 128, "height": 128, "batch_size": 1})
+        outcome["result"] = call(
+            webui,
+            "/smooth-diffusion/v1/interpolate",
+            {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 64, "steps": 200, "width": 128, "height": 128, "batch_size": 1},
+        )
 
     worker = threading.Thread(target=long_job)
     worker.start()
@@ -439,13 +589,27 @@ def test_prompts_over_75_tokens_work_in_every_route(webui):
         ("interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a green square", "negative_prompt": LONG_PROMPT, "frames": 3, **size}),
         ("interpolate", {"prompt_a": "a green square", "seed_a": 1, "seed_b": 2, "frames": 3, "negative_prompt": LONG_PROMPT, **size}),
         ("invert", {"image": drawn(), "prompt": LONG_PROMPT, **size}),
-        ("edit", {"image": drawn(), "prompt": "an orange circle", "target_prompt": LONG_PROMPT, "inversion": "null-text", "null_text_steps": 1, **size}),
+        (
+            "edit",
+            {"image": drawn(), "prompt": "an orange circle", "target_prompt": LONG_PROMPT, "inversion": "null-text", "null_text_steps": 1, **size},
+        ),
         ("istd", {"prompts": [LONG_PROMPT, "a cat"], "points": 3, **size}),
     ):
         status, answer = call(webui, f"/smooth-diffusion/v1/{route}", body)
         assert status == 200, (route, answer)
-    payload = {"init_images": [drawn()], "prompt": LONG_PROMPT, "negative_prompt": "blurry", "width": 64, "height": 64, "steps": 4, "cfg_scale": 5,
-               "seed": 1, "denoising_strength": 1.0, "script_name": "smooth inversion", "script_args": [LONG_PROMPT, 0.8, "ddim"]}
+    payload = {
+        "init_images": [drawn()],
+        "prompt": LONG_PROMPT,
+        "negative_prompt": "blurry",
+        "width": 64,
+        "height": 64,
+        "steps": 4,
+        "cfg_scale": 5,
+        "seed": 1,
+        "denoising_strength": 1.0,
+        "script_name": "smooth inversion",
+        "script_args": [LONG_PROMPT, 0.8, "ddim"],
+    }
     status, answer = call(webui, "/sdapi/v1/img2img", payload)
     assert status == 200, answer
 
@@ -460,7 +624,9 @@ def test_image_fields_never_read_files_on_the_server(webui, tmp_path):
 
 @pytest.mark.parametrize("lora, reason", [("sd15-sized", "made for another model"), ("for-sdxl", "is for SDXL")])
 def test_a_lora_for_another_model_is_refused(webui, lora, reason):
-    status, body = call(webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "frames": 3, "steps": 2, "width": 64, "height": 64, "lora": lora})
+    status, body = call(
+        webui, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "frames": 3, "steps": 2, "width": 64, "height": 64, "lora": lora}
+    )
     assert status == 400 and reason in body["detail"], body
 
 
@@ -487,8 +653,11 @@ def test_one_lora_file_gives_the_same_frames_in_the_webui_and_in_lib_smooth(webu
 
 def test_accordion_refuses_what_it_cannot_apply_and_never_applies_twice(webui):
     base = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1}
-    for args, reason in (([True, "no-such-lora", 1.0], "not found"), ([True, "smooth-e2e", "heavy"], "must be a number"),
-                         ([True, "sd15-sized", 1.0], "made for another model")):
+    for args, reason in (
+        ([True, "no-such-lora", 1.0], "not found"),
+        ([True, "smooth-e2e", "heavy"], "must be a number"),
+        ([True, "sd15-sized", 1.0], "made for another model"),
+    ):
         status, body = call(webui, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": args}}))
         assert status != 200 and reason in json.dumps(body), (args, body)
     once = call(webui, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}}))[1]
@@ -533,10 +702,15 @@ def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_pane
         if props.get("elem_id", "") and str(props.get("elem_id")).startswith("smooth_diffusion"):
             by_label.setdefault(props.get("label"), []).append(props)
     labels = {props.get("label") for props in components}
-    for cls, name, label in ((InterpolateRequest, "frames", "Frames"), (InterpolateRequest, "steps", "DDIM steps"),
-                             (IstdRequest, "points", "Points per sequence (paper: 11)"), (IstdRequest, "pairs", "Noise pairs per prompt"),
-                             (EditRequest, "switch_ratio", "Switch threshold r (target prompt for the last r of the steps)"),
-                             (InterpolateRequest, "guidance", "Guidance"), (InterpolateRequest, "lora_weight", "LoRA weight")):
+    for cls, name, label in (
+        (InterpolateRequest, "frames", "Frames"),
+        (InterpolateRequest, "steps", "DDIM steps"),
+        (IstdRequest, "points", "Points per sequence (paper: 11)"),
+        (IstdRequest, "pairs", "Noise pairs per prompt"),
+        (EditRequest, "switch_ratio", "Switch threshold r (target prompt for the last r of the steps)"),
+        (InterpolateRequest, "guidance", "Guidance"),
+        (InterpolateRequest, "lora_weight", "LoRA weight"),
+    ):
         meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
         sliders = [p for p in components if p.get("label") == label and "minimum" in p]
         assert sliders, label

@@ -27,7 +27,12 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from lib_smooth.regularizer import (  # noqa: E402 - needs the repository root on sys.path
-    METHODS, StepwiseVariationRegularizer, check_options, check_training_settings, double_backward_attention, predict_x0,
+    METHODS,
+    StepwiseVariationRegularizer,
+    check_options,
+    check_training_settings,
+    double_backward_attention,
+    predict_x0,
 )
 
 NEEDED_VERSION = "v0.10.0 or newer (v0.10.1 recommended)"
@@ -63,19 +68,32 @@ def import_sd_scripts(argv: Sequence[str], module: str):
     trainer = getattr(imported, "SdxlNetworkTrainer", None) or imported.NetworkTrainer
     missing = [name for name in ("process_batch", "get_noise_pred_and_target", "call_unet") if not hasattr(trainer, name)]
     if missing:
-        raise SdScriptsNotFound(f"error: the sd-scripts at {root} is too old (no {', '.join(missing)}): sd-scripts {NEEDED_VERSION} is needed: {GET_SD_SCRIPTS}")
+        raise SdScriptsNotFound(
+            f"error: the sd-scripts at {root} is too old (no {', '.join(missing)}): sd-scripts {NEEDED_VERSION} is needed: {GET_SD_SCRIPTS}"
+        )
     return imported
 
 
 def add_smooth_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Smooth Diffusion regularizer")
     group.add_argument("--sd_scripts_dir", default=None, help="kohya-ss/sd-scripts checkout (default: $SD_SCRIPTS_DIR or the working directory)")
-    group.add_argument("--smooth_lambda", type=float, default=1.0, help="weight λ of the step-wise variation regularizer (paper: 1; 0 trains a plain LoRA)")
+    group.add_argument(
+        "--smooth_lambda", type=float, default=1.0, help="weight λ of the step-wise variation regularizer (paper: 1; 0 trains a plain LoRA)"
+    )
     group.add_argument("--smooth_ema_decay", type=float, default=0.01, help="decay of the moving target a (official code: 0.01)")
-    group.add_argument("--smooth_interval", type=int, default=1, help="regularize every k-th micro-step with weight λ·k (lazy regularization; official: 1)")
-    group.add_argument("--smooth_batch_shrink", type=int, default=1, help="regularize only the first ⌈B/s⌉ samples of a batch (extra forward on them)")
-    group.add_argument("--smooth_method", default="vjp", choices=METHODS,
-                       help="vjp: exact Jacobianᵀ-vector product by double backward (official); jvp_fd: finite-difference Jacobian-vector product, no double backward (approximation)")
+    group.add_argument(
+        "--smooth_interval", type=int, default=1, help="regularize every k-th micro-step with weight λ·k (lazy regularization; official: 1)"
+    )
+    group.add_argument(
+        "--smooth_batch_shrink", type=int, default=1, help="regularize only the first ⌈B/s⌉ samples of a batch (extra forward on them)"
+    )
+    group.add_argument(
+        "--smooth_method",
+        default="vjp",
+        choices=METHODS,
+        help="vjp: exact Jacobianᵀ-vector product by double backward (official); "
+        "jvp_fd: finite-difference Jacobian-vector product, no double backward (approximation)",
+    )
 
 
 def uses_network_dropout(args: argparse.Namespace) -> bool:
@@ -142,8 +160,9 @@ class SmoothRegularizerMixin:
 
     def _regularizer(self, args) -> StepwiseVariationRegularizer:
         if self.smooth is None:
-            self.smooth = StepwiseVariationRegularizer(args.smooth_lambda, args.smooth_ema_decay, args.smooth_interval,
-                                                       args.smooth_batch_shrink, args.smooth_method)
+            self.smooth = StepwiseVariationRegularizer(
+                args.smooth_lambda, args.smooth_ema_decay, args.smooth_interval, args.smooth_batch_shrink, args.smooth_method
+            )
         return self.smooth
 
     # -- model loading: state registration and checkpointing mode ---------------------------------
@@ -152,8 +171,11 @@ class SmoothRegularizerMixin:
         resume = getattr(args, "resume", None)
         if resume and Path(resume).is_dir() and not (Path(resume) / "custom_checkpoint_0.pkl").exists():
             # a state saved by plain train_network.py: accelerate would look for a custom object it never saved
-            warnings.warn(f"{resume} holds no Smooth Diffusion state (saved by plain train_network.py?): the moving target a "
-                          "starts again at 0, and states saved by this run will not hold it either", stacklevel=2)
+            warnings.warn(
+                f"{resume} holds no Smooth Diffusion state (saved by plain train_network.py?): the moving target a "
+                "starts again at 0, and states saved by this run will not hold it either",
+                stacklevel=2,
+            )
         else:
             accelerator.register_for_checkpointing(self._regularizer(args))
         return loaded
@@ -177,7 +199,8 @@ class SmoothRegularizerMixin:
                 sub_batch[key] = _select(batch[key], idx)
             with attention():
                 out = super(SmoothRegularizerMixin, self).call_unet(
-                    args, accelerator, unet, latents, timesteps[idx], [_select(c, idx) for c in text_conds], sub_batch, weight_dtype)
+                    args, accelerator, unet, latents, timesteps[idx], [_select(c, idx) for c in text_conds], sub_batch, weight_dtype
+                )
             return self._x0(args, out, latents, timesteps[idx])
 
         self._captured = (noisy_latents, timesteps, output, x0_of_subset)
@@ -191,12 +214,43 @@ class SmoothRegularizerMixin:
         return predict_x0(output.float(), noisy_latents.float(), self._alphas(timesteps), parameterization)
 
     # -- adding the penalty --------------------------------------------------------------------------
-    def process_batch(self, batch, text_encoders, unet, network, vae, noise_scheduler, vae_dtype, weight_dtype, accelerator, args,
-                      text_encoding_strategy, tokenize_strategy, is_train=True, train_text_encoder=True, train_unet=True):
+    def process_batch(
+        self,
+        batch,
+        text_encoders,
+        unet,
+        network,
+        vae,
+        noise_scheduler,
+        vae_dtype,
+        weight_dtype,
+        accelerator,
+        args,
+        text_encoding_strategy,
+        tokenize_strategy,
+        is_train=True,
+        train_text_encoder=True,
+        train_unet=True,
+    ):
         self._alphas_cumprod = noise_scheduler.alphas_cumprod.detach().float().cpu()
         self._captured = None
-        loss = super().process_batch(batch, text_encoders, unet, network, vae, noise_scheduler, vae_dtype, weight_dtype, accelerator, args,
-                                     text_encoding_strategy, tokenize_strategy, is_train, train_text_encoder, train_unet)
+        loss = super().process_batch(
+            batch,
+            text_encoders,
+            unet,
+            network,
+            vae,
+            noise_scheduler,
+            vae_dtype,
+            weight_dtype,
+            accelerator,
+            args,
+            text_encoding_strategy,
+            tokenize_strategy,
+            is_train,
+            train_text_encoder,
+            train_unet,
+        )
         if not is_train:
             return loss
         reg = self._regularizer(args)

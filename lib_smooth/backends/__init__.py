@@ -28,8 +28,9 @@ def load_model(path, device: str = "cpu", dtype=None, prediction: Optional[str] 
     raise ModelFilesError(f"missing {path}: give a diffusers folder or a .safetensors/.ckpt checkpoint file")
 
 
-def open_model(path: Optional[str] = None, device: str = "cpu", dtype: str = "float32", prediction: Optional[str] = None,
-               config_dir: Optional[str] = None):
+def open_model(
+    path: Optional[str] = None, device: str = "cpu", dtype: str = "float32", prediction: Optional[str] = None, config_dir: Optional[str] = None
+):
     """The model at `path` (diffusers folder or single file), or the embedded shapes-sd1 model when no
     path is given; returns (backend, a description for reports)."""
     import torch

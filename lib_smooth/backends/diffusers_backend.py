@@ -139,6 +139,7 @@ class DiffusersBackend:
 
 # --- loading from disk -----------------------------------------------------------------------
 
+
 def _require(path: Path, how: str) -> Path:
     if not path.exists():
         raise ModelFilesError(f"missing {path}: {how}")
@@ -159,13 +160,18 @@ def _alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0).float()
 
 
-def load_diffusers_folder(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, prediction: Optional[str] = None) -> DiffusersBackend:
+def load_diffusers_folder(
+    folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, prediction: Optional[str] = None
+) -> DiffusersBackend:
     """Load a local diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder[_2]/, tokenizer[_2]/, scheduler/)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
-    hint = "a diffusers folder needs model_index.json and the unet, vae, text_encoder, tokenizer and scheduler subfolders (save one with pipeline.save_pretrained)"
+    hint = (
+        "a diffusers folder needs model_index.json and the unet, vae, text_encoder, tokenizer and scheduler subfolders "
+        "(save one with pipeline.save_pretrained)"
+    )
     index = json.loads(_require(folder / "model_index.json", hint).read_text())
     sdxl = "text_encoder_2" in index
     for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (["text_encoder_2", "tokenizer_2"] if sdxl else []):
@@ -173,7 +179,10 @@ def load_diffusers_folder(folder: Path, device: str = "cpu", dtype: torch.dtype 
     for tok in ["tokenizer"] + (["tokenizer_2"] if sdxl else []):
         if not (folder / tok / "tokenizer.json").is_file():
             for name in ("vocab.json", "merges.txt"):
-                _require(folder / tok / name, "write the CLIP tokenizer files with `python -m lib_smooth make-tokenizer DIR` (offline, from the open-clip-torch wheel)")
+                _require(
+                    folder / tok / name,
+                    "write the CLIP tokenizer files with `python -m lib_smooth make-tokenizer DIR` (offline, from the open-clip-torch wheel)",
+                )
     scheduler = json.loads(_require(folder / "scheduler" / "scheduler_config.json", hint).read_text())
     kwargs = {"local_files_only": True}
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kwargs)

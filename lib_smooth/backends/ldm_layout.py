@@ -103,15 +103,19 @@ def clip_name(key: str, prefix: str) -> LdmName:
     return LdmName(prefix + "text_model." + key.removeprefix("text_model."))
 
 
-_OPEN_CLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
-                    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_OPEN_CLIP_LAYER = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
 
 
 def open_clip_name(key: str, prefix: str) -> LdmName:
     """OpenCLIP layout (SD2, SDXL's second encoder): fused q/k/v, transposed projection."""
     key = key.removeprefix("text_model.")
-    fixed = {"embeddings.token_embedding.weight": "token_embedding.weight",
-             "embeddings.position_embedding.weight": "positional_embedding"}
+    fixed = {"embeddings.token_embedding.weight": "token_embedding.weight", "embeddings.position_embedding.weight": "positional_embedding"}
     if key in fixed:
         return LdmName(prefix + fixed[key])
     if key == "text_projection.weight":
@@ -132,7 +136,9 @@ TEXT_LAYOUTS: dict[str, tuple[tuple[str, Callable[[str, str], LdmName]], ...]] =
 }
 
 
-def component_names(arch: str, unet: torch.nn.Module, vae: torch.nn.Module, text_encoders: Sequence[torch.nn.Module]) -> list[tuple[torch.nn.Module, dict[str, LdmName]]]:
+def component_names(
+    arch: str, unet: torch.nn.Module, vae: torch.nn.Module, text_encoders: Sequence[torch.nn.Module]
+) -> list[tuple[torch.nn.Module, dict[str, LdmName]]]:
     """Each model with the ldm name of every tensor of its state dict that a checkpoint stores.
 
     CLIP's ``position_ids`` (a state-dict buffer in older transformers) is left out: it is always arange.
@@ -181,10 +187,11 @@ def _unused_last_block(ldm: Mapping[str, torch.Tensor], layers: int) -> dict[str
     it the identity, and the penultimate-layer readout never runs it anyway."""
     prefix = "cond_stage_model.model.transformer.resblocks."
     last = f"{prefix}{layers - 1}."
-    return {f"{prefix}{layers}.{key[len(last):]}": torch.zeros_like(value) for key, value in ldm.items() if key.startswith(last)}
+    return {f"{prefix}{layers}.{key[len(last) :]}": torch.zeros_like(value) for key, value in ldm.items() if key.startswith(last)}
 
 
 # --- architecture numbers: diffusers config <-> yaml -------------------------------------------
+
 
 def _heads(config: Mapping, channels: list[int], attention: list[bool]) -> dict:
     """ldm gives either a fixed head count or a fixed head width; diffusers a head count per level."""
@@ -210,10 +217,15 @@ def unet_params(config: Mapping, sgm: bool = False) -> dict:
     if not isinstance(depth, int):  # ldm (SD1/SD2) takes one depth for all levels, sgm a list
         depth = depth[0] if len(set(depth)) == 1 and not sgm else list(depth)
     params = dict(
-        in_channels=config["in_channels"], out_channels=config["out_channels"], model_channels=base,
-        attention_resolutions=[2**i for i, a in enumerate(attention) if a], num_res_blocks=layers,
-        channel_mult=[c // base for c in channels], **_heads(config, channels, attention),
-        transformer_depth=depth, context_dim=config["cross_attention_dim"],
+        in_channels=config["in_channels"],
+        out_channels=config["out_channels"],
+        model_channels=base,
+        attention_resolutions=[2**i for i, a in enumerate(attention) if a],
+        num_res_blocks=layers,
+        channel_mult=[c // base for c in channels],
+        **_heads(config, channels, attention),
+        transformer_depth=depth,
+        context_dim=config["cross_attention_dim"],
         use_checkpoint=True,
     )
     if config.get("use_linear_projection"):
@@ -235,17 +247,24 @@ def unet_config(params: Mapping, time_embed_dim: Optional[int] = None) -> dict:
     attention = [2**i in params["attention_resolutions"] for i in range(len(channels))]
     head_width = params.get("num_head_channels", -1)
     config = dict(
-        sample_size=params.get("image_size", 64), in_channels=params["in_channels"], out_channels=params["out_channels"],
-        layers_per_block=params["num_res_blocks"], block_out_channels=channels,
+        sample_size=params.get("image_size", 64),
+        in_channels=params["in_channels"],
+        out_channels=params["out_channels"],
+        layers_per_block=params["num_res_blocks"],
+        block_out_channels=channels,
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
         attention_head_dim=[c // head_width for c in channels] if head_width > 0 else params["num_heads"],
-        transformer_layers_per_block=params.get("transformer_depth", 1), cross_attention_dim=params["context_dim"],
+        transformer_layers_per_block=params.get("transformer_depth", 1),
+        cross_attention_dim=params["context_dim"],
         use_linear_projection=bool(params.get("use_linear_in_transformer", False)),
     )
     if params.get("adm_in_channels"):
-        config.update(addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim or 256,
-                      projection_class_embeddings_input_dim=params["adm_in_channels"])
+        config.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed_dim or 256,
+            projection_class_embeddings_input_dim=params["adm_in_channels"],
+        )
     return config
 
 
@@ -255,10 +274,16 @@ def vae_ddconfig(config: Mapping) -> dict:
     if any(c % channels[0] for c in channels):
         raise ValueError(f"VAE block_out_channels {channels} do not fit the ldm AutoencoderKL")
     return dict(
-        double_z=True, z_channels=config["latent_channels"], resolution=config["sample_size"],
-        in_channels=config["in_channels"], out_ch=config["out_channels"], ch=channels[0],
-        ch_mult=[c // channels[0] for c in channels], num_res_blocks=config["layers_per_block"],
-        attn_resolutions=[], dropout=0.0,
+        double_z=True,
+        z_channels=config["latent_channels"],
+        resolution=config["sample_size"],
+        in_channels=config["in_channels"],
+        out_ch=config["out_channels"],
+        ch=channels[0],
+        ch_mult=[c // channels[0] for c in channels],
+        num_res_blocks=config["layers_per_block"],
+        attn_resolutions=[],
+        dropout=0.0,
     )
 
 
@@ -266,10 +291,15 @@ def vae_config(ddconfig: Mapping, scale_factor: float) -> dict:
     """The diffusers AutoencoderKL config for the yaml's ``ddconfig`` and the model's ``scale_factor``."""
     channels = [ddconfig["ch"] * m for m in ddconfig["ch_mult"]]
     return dict(
-        in_channels=ddconfig["in_channels"], out_channels=ddconfig["out_ch"], latent_channels=ddconfig["z_channels"],
-        block_out_channels=channels, layers_per_block=ddconfig["num_res_blocks"],
-        down_block_types=["DownEncoderBlock2D"] * len(channels), up_block_types=["UpDecoderBlock2D"] * len(channels),
-        sample_size=ddconfig.get("resolution", 256), scaling_factor=float(scale_factor),
+        in_channels=ddconfig["in_channels"],
+        out_channels=ddconfig["out_ch"],
+        latent_channels=ddconfig["z_channels"],
+        block_out_channels=channels,
+        layers_per_block=ddconfig["num_res_blocks"],
+        down_block_types=["DownEncoderBlock2D"] * len(channels),
+        up_block_types=["UpDecoderBlock2D"] * len(channels),
+        sample_size=ddconfig.get("resolution", 256),
+        scaling_factor=float(scale_factor),
     )
 
 
@@ -283,6 +313,7 @@ def schedule_params(alphas_cumprod: torch.Tensor) -> dict:
 
 # --- yaml ---------------------------------------------------------------------------------------
 
+
 def _ldm_yaml(backend: DiffusersBackend, versions: list[Optional[Path]]) -> dict:
     """SD1 / SD2: ldm LatentDiffusion, as in the WebUI's configs/v1-inference.yaml and v2-inference-v.yaml."""
     if backend.arch == "sd1":
@@ -290,21 +321,37 @@ def _ldm_yaml(backend: DiffusersBackend, versions: list[Optional[Path]]) -> dict
         if versions[0]:
             text["params"] = {"version": str(versions[0])}
     else:
-        text = {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
-                "params": {"arch": OPEN_CLIP_ARCH["sd2"], "version": str(versions[0] or "laion2b_s32b_b79k"), "freeze": True, "layer": "penultimate"}}
+        text = {
+            "target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+            "params": {"arch": OPEN_CLIP_ARCH["sd2"], "version": str(versions[0] or "laion2b_s32b_b79k"), "freeze": True, "layer": "penultimate"},
+        }
     params = {
-        **schedule_params(backend.alphas_cumprod), "num_timesteps_cond": 1, "log_every_t": 200,
-        "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": backend.unet_model.config.sample_size,
-        "channels": backend.latent_channels, "cond_stage_trainable": False, "conditioning_key": "crossattn",
-        "monitor": "val/loss_simple_ema", "scale_factor": backend.scaling_factor, "use_ema": False,
+        **schedule_params(backend.alphas_cumprod),
+        "num_timesteps_cond": 1,
+        "log_every_t": 200,
+        "first_stage_key": "jpg",
+        "cond_stage_key": "txt",
+        "image_size": backend.unet_model.config.sample_size,
+        "channels": backend.latent_channels,
+        "cond_stage_trainable": False,
+        "conditioning_key": "crossattn",
+        "monitor": "val/loss_simple_ema",
+        "scale_factor": backend.scaling_factor,
+        "use_ema": False,
     }
     if backend.parameterization == "v":
         params["parameterization"] = "v"
     params.update(
         unet_config={"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet_params(backend.unet_model.config)},
-        first_stage_config={"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-            "embed_dim": backend.vae.config.latent_channels, "monitor": "val/rec_loss",
-            "ddconfig": vae_ddconfig(backend.vae.config), "lossconfig": {"target": "torch.nn.Identity"}}},
+        first_stage_config={
+            "target": "ldm.models.autoencoder.AutoencoderKL",
+            "params": {
+                "embed_dim": backend.vae.config.latent_channels,
+                "monitor": "val/rec_loss",
+                "ddconfig": vae_ddconfig(backend.vae.config),
+                "lossconfig": {"target": "torch.nn.Identity"},
+            },
+        },
         cond_stage_config=text,
     )
     return {"model": {"base_learning_rate": 1.0e-4, "target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params}}
@@ -318,29 +365,64 @@ def _sgm_yaml(backend: DiffusersBackend, versions: list[Optional[Path]]) -> dict
     schedule = schedule_params(backend.alphas_cumprod)
     clip_params = {"layer": "hidden", "layer_idx": backend.text_encoders[0].config.num_hidden_layers - 1}
     embedders = [
-        {"is_trainable": False, "input_key": "txt", "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
-         "params": ({"version": str(versions[0])} if versions[0] else {}) | clip_params},
-        {"is_trainable": False, "input_key": "txt", "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
-         "params": {"arch": OPEN_CLIP_ARCH["sdxl"], "version": str(versions[1] or "laion2b_s39b_b160k"), "freeze": True,
-                    "layer": "penultimate", "always_return_pooled": True, "legacy": False}},
+        {
+            "is_trainable": False,
+            "input_key": "txt",
+            "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
+            "params": ({"version": str(versions[0])} if versions[0] else {}) | clip_params,
+        },
+        {
+            "is_trainable": False,
+            "input_key": "txt",
+            "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
+            "params": {
+                "arch": OPEN_CLIP_ARCH["sdxl"],
+                "version": str(versions[1] or "laion2b_s39b_b160k"),
+                "freeze": True,
+                "layer": "penultimate",
+                "always_return_pooled": True,
+                "legacy": False,
+            },
+        },
     ] + [
-        {"is_trainable": False, "input_key": key, "target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
-         "params": {"outdim": unet.addition_time_embed_dim}}
+        {
+            "is_trainable": False,
+            "input_key": key,
+            "target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+            "params": {"outdim": unet.addition_time_embed_dim},
+        }
         for key in ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
     ]
     params = {
-        "scale_factor": backend.scaling_factor, "disable_first_stage_autocast": True,
-        "denoiser_config": {"target": f"{modules}denoiser.DiscreteDenoiser", "params": {
-            "num_idx": schedule["timesteps"],
-            "weighting_config": {"target": f"{modules}denoiser_weighting.EpsWeighting"},
-            "scaling_config": {"target": f"{modules}denoiser_scaling.{scaling}"},
-            "discretization_config": {"target": f"{modules}discretizer.LegacyDDPMDiscretization", "params": {
-                "linear_start": schedule["linear_start"], "linear_end": schedule["linear_end"], "num_timesteps": schedule["timesteps"]}}}},
+        "scale_factor": backend.scaling_factor,
+        "disable_first_stage_autocast": True,
+        "denoiser_config": {
+            "target": f"{modules}denoiser.DiscreteDenoiser",
+            "params": {
+                "num_idx": schedule["timesteps"],
+                "weighting_config": {"target": f"{modules}denoiser_weighting.EpsWeighting"},
+                "scaling_config": {"target": f"{modules}denoiser_scaling.{scaling}"},
+                "discretization_config": {
+                    "target": f"{modules}discretizer.LegacyDDPMDiscretization",
+                    "params": {
+                        "linear_start": schedule["linear_start"],
+                        "linear_end": schedule["linear_end"],
+                        "num_timesteps": schedule["timesteps"],
+                    },
+                },
+            },
+        },
         "network_config": {"target": f"{modules}openaimodel.UNetModel", "params": unet_params(unet, sgm=True)},
         "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {"emb_models": embedders}},
-        "first_stage_config": {"target": "sgm.models.autoencoder.AutoencoderKLInferenceWrapper", "params": {
-            "embed_dim": backend.vae.config.latent_channels, "monitor": "val/rec_loss",
-            "ddconfig": {"attn_type": "vanilla", **vae_ddconfig(backend.vae.config)}, "lossconfig": {"target": "torch.nn.Identity"}}},
+        "first_stage_config": {
+            "target": "sgm.models.autoencoder.AutoencoderKLInferenceWrapper",
+            "params": {
+                "embed_dim": backend.vae.config.latent_channels,
+                "monitor": "val/rec_loss",
+                "ddconfig": {"attn_type": "vanilla", **vae_ddconfig(backend.vae.config)},
+                "lossconfig": {"target": "torch.nn.Identity"},
+            },
+        },
     }
     return {"model": {"target": "sgm.models.diffusion.DiffusionEngine", "params": params}}
 
@@ -378,8 +460,9 @@ def write_text_encoder_folders(backend: DiffusersBackend, folder: str | Path) ->
     return written
 
 
-def save_single_file(backend: DiffusersBackend, path: str | Path, tokenizer_and_config_dir: str | Path | None = None,
-                     named_as: Optional[str] = None) -> Path:
+def save_single_file(
+    backend: DiffusersBackend, path: str | Path, tokenizer_and_config_dir: str | Path | None = None, named_as: Optional[str] = None
+) -> Path:
     """Write `backend` as a WebUI-style single-file checkpoint: `path` (.safetensors) and the same-stem .yaml.
 
     tokenizer_and_config_dir: where to write the text encoders' config + tokenizer folders that the yaml

@@ -23,20 +23,44 @@ CHECKPOINT = MODELS_DIR / "Stable-diffusion" / "shapes-sd1.safetensors"
 # The WebUI builds the text encoder from the yaml's `version` folder (config and tokenizer, no weights);
 # a relative path resolves against the WebUI's working directory, its root.
 WEBUI_TEXT_ENCODER_DIR = "models/Stable-diffusion/shapes-sd1-clip"
-DESCRIPTION = ("shapes-sd1: the embedded small SD1-architecture model trained on lib_smooth.shapes "
-               "(64 px, captions like 'a large red circle in the centre on a blue background')")
+DESCRIPTION = (
+    "shapes-sd1: the embedded small SD1-architecture model trained on lib_smooth.shapes "
+    "(64 px, captions like 'a large red circle in the centre on a blue background')"
+)
 IMAGE_SIZE = 64
 
 TEXT_ENCODER_CONFIG = dict(
-    vocab_size=VOCAB_SIZE, hidden_size=48, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    vocab_size=VOCAB_SIZE,
+    hidden_size=48,
+    intermediate_size=192,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
 )
 UNET_CONFIG = dict(
-    sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 64),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=48, attention_head_dim=8, norm_num_groups=32,
+    sample_size=IMAGE_SIZE // 8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(64, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=48,
+    attention_head_dim=8,
+    norm_num_groups=32,
 )
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(64, 64, 64, 64), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=IMAGE_SIZE,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(64, 64, 64, 64),
+    layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    sample_size=IMAGE_SIZE,
 )

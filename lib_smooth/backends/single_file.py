@@ -36,24 +36,58 @@ _CONFIG_DIR = "config_dir=<a local diffusers folder of the same architecture>"
 # Published architectures, in the yaml's terms (ldm UNetModel params, AutoencoderKL ddconfig).
 _SD_VAE = dict(z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
 _STANDARD_UNET = {
-    "sd1": dict(image_size=64, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
-                num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, transformer_depth=1, context_dim=768),
-    "sd2": dict(image_size=64, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
-                num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_head_channels=64, use_linear_in_transformer=True,
-                transformer_depth=1, context_dim=1024),
-    "sdxl": dict(image_size=128, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2],
-                 num_res_blocks=2, channel_mult=[1, 2, 4], num_head_channels=64, use_linear_in_transformer=True,
-                 transformer_depth=[1, 2, 10], context_dim=2048, adm_in_channels=2816),
+    "sd1": dict(
+        image_size=64,
+        in_channels=4,
+        out_channels=4,
+        model_channels=320,
+        attention_resolutions=[4, 2, 1],
+        num_res_blocks=2,
+        channel_mult=[1, 2, 4, 4],
+        num_heads=8,
+        transformer_depth=1,
+        context_dim=768,
+    ),
+    "sd2": dict(
+        image_size=64,
+        in_channels=4,
+        out_channels=4,
+        model_channels=320,
+        attention_resolutions=[4, 2, 1],
+        num_res_blocks=2,
+        channel_mult=[1, 2, 4, 4],
+        num_head_channels=64,
+        use_linear_in_transformer=True,
+        transformer_depth=1,
+        context_dim=1024,
+    ),
+    "sdxl": dict(
+        image_size=128,
+        in_channels=4,
+        out_channels=4,
+        model_channels=320,
+        attention_resolutions=[4, 2],
+        num_res_blocks=2,
+        channel_mult=[1, 2, 4],
+        num_head_channels=64,
+        use_linear_in_transformer=True,
+        transformer_depth=[1, 2, 10],
+        context_dim=2048,
+        adm_in_channels=2816,
+    ),
 }
 _SCALE_FACTOR = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
 _CLIP_IDS = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-_CLIP_L = dict(_CLIP_IDS, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-               hidden_act="quick_gelu", projection_dim=768)
+_CLIP_L = dict(
+    _CLIP_IDS, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768
+)
 # SD2 reads OpenCLIP ViT-H's penultimate layer: diffusers keeps 23 of its 24 blocks.
-_OPEN_CLIP_H = dict(_CLIP_IDS, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-                    hidden_act="gelu", projection_dim=512)
-_OPEN_CLIP_G = dict(_CLIP_IDS, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                    hidden_act="gelu", projection_dim=1280)
+_OPEN_CLIP_H = dict(
+    _CLIP_IDS, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu", projection_dim=512
+)
+_OPEN_CLIP_G = dict(
+    _CLIP_IDS, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu", projection_dim=1280
+)
 _STANDARD_TEXT = {"sd1": [_CLIP_L], "sd2": [_OPEN_CLIP_H], "sdxl": [_CLIP_L, _OPEN_CLIP_G]}
 _PAD_TOKENS = {"sd1": [EOS], "sd2": ["!"], "sdxl": [EOS, "!"]}  # OpenCLIP pads with "!" (token 0)
 _SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -74,6 +108,7 @@ class _Architecture:
 
 
 # --- reading the file ---------------------------------------------------------------------------
+
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The model tensors of a .safetensors / .ckpt file (EMA copies and optimizer state skipped), and all its keys."""
@@ -115,7 +150,7 @@ def _rename_old_clip_keys(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def detect_family(keys: Collection[str], path: Path) -> str:
-    """"sd1", "sd2" or "sdxl" from the tensor names: the text encoder layout tells the families apart."""
+    """ "sd1", "sd2" or "sdxl" from the tensor names: the text encoder layout tells the families apart."""
     if UNET_PREFIX + "input_blocks.0.0.weight" not in keys:
         if any("lora_" in key for key in keys):
             hint = " It looks like a LoRA: load it as a LoRA on a model instead."
@@ -142,6 +177,7 @@ def detect_family(keys: Collection[str], path: Path) -> str:
 
 
 # --- where the architecture comes from ----------------------------------------------------------
+
 
 def _tokenizer_folder(folder: Path) -> Path:
     if not (folder / "tokenizer.json").is_file():
@@ -178,8 +214,7 @@ def _from_diffusers_folder(folder: Path, family: str) -> _Architecture:
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
     prediction = {"v_prediction": "v", "epsilon": "eps"}.get(scheduler.get("prediction_type"))
-    return _Architecture(unet, vae, text, tokenizers, {**_SD_SCHEDULE, **scheduler}, prediction, f"config_dir {folder}",
-                         f"pass the {_CONFIG_DIR}")
+    return _Architecture(unet, vae, text, tokenizers, {**_SD_SCHEDULE, **scheduler}, prediction, f"config_dir {folder}", f"pass the {_CONFIG_DIR}")
 
 
 def _text_encoder_from_version(version: Optional[str], yaml_path: Path, family: str, index: int) -> tuple[Any, Path]:
@@ -190,7 +225,7 @@ def _text_encoder_from_version(version: Optional[str], yaml_path: Path, family: 
         given = Path(version).expanduser()
         # A relative version resolves against the yaml's folder or one above it (the WebUI resolves it
         # against its root, two levels above models/Stable-diffusion), else the working directory.
-        for folder in ([given] if given.is_absolute() else [*(parent / given for parent in yaml_path.resolve().parents), given]):
+        for folder in [given] if given.is_absolute() else [*(parent / given for parent in yaml_path.resolve().parents), given]:
             if (folder / "config.json").is_file():
                 return _text_config(folder), _tokenizer_folder(folder)
         if given.is_absolute() or version.startswith(("./", "../", "~")):
@@ -205,8 +240,10 @@ def _from_yaml(path: Path, family: str) -> _Architecture:
     """The architecture from a WebUI-style yaml: ldm LatentDiffusion (SD1/SD2) or sgm DiffusionEngine (SDXL)."""
     import yaml
 
-    fix = (f"correct or remove {path} (models with non-standard text encoders also need the text encoder folders "
-           f"it names; save_single_file writes them when given tokenizer_and_config_dir), or pass {_CONFIG_DIR}")
+    fix = (
+        f"correct or remove {path} (models with non-standard text encoders also need the text encoder folders "
+        f"it names; save_single_file writes them when given tokenizer_and_config_dir), or pass {_CONFIG_DIR}"
+    )
     try:
         model = yaml.safe_load(path.read_text())["model"]["params"]
         sgm = "network_config" in model
@@ -221,19 +258,30 @@ def _from_yaml(path: Path, family: str) -> _Architecture:
             v_scaling = str(denoiser.get("scaling_config", {}).get("target", "")).endswith("VScaling")
             parameterization = "v" if v_scaling else "eps"
             steps = denoiser.get("discretization_config", {}).get("params", {})
-            schedule = dict(_SD_SCHEDULE, num_train_timesteps=steps.get("num_timesteps", 1000),
-                            beta_start=steps.get("linear_start", 0.00085), beta_end=steps.get("linear_end", 0.012))
+            schedule = dict(
+                _SD_SCHEDULE,
+                num_train_timesteps=steps.get("num_timesteps", 1000),
+                beta_start=steps.get("linear_start", 0.00085),
+                beta_end=steps.get("linear_end", 0.012),
+            )
         else:
             unet_params = model["unet_config"]["params"]
             if unet_params.get("num_classes") is not None:
-                raise ModelFilesError(f"{path} describes a class-conditioned (e.g. unCLIP) UNet, which is not supported: give an SD1.x / SD2.x / SDXL text-to-image checkpoint")
+                raise ModelFilesError(
+                    f"{path} describes a class-conditioned (e.g. unCLIP) UNet, which is not supported: "
+                    "give an SD1.x / SD2.x / SDXL text-to-image checkpoint"
+                )
             versions = [model["cond_stage_config"].get("params", {}).get("version")]
             size_dims = []
             parameterization = model.get("parameterization", "eps")
             # ldm's "linear" schedule is linear in sqrt(beta): diffusers calls it "scaled_linear".
             kind = {"linear": "scaled_linear", "sqrt_linear": "linear"}.get(model.get("beta_schedule", "linear"), model.get("beta_schedule"))
-            schedule = dict(num_train_timesteps=model.get("timesteps", 1000), beta_start=model.get("linear_start", 0.00085),
-                            beta_end=model.get("linear_end", 0.012), beta_schedule=kind)
+            schedule = dict(
+                num_train_timesteps=model.get("timesteps", 1000),
+                beta_start=model.get("linear_start", 0.00085),
+                beta_end=model.get("linear_end", 0.012),
+                beta_schedule=kind,
+            )
         unet = unet_config(unet_params, size_dims[0] if size_dims else None)
         vae = vae_config(model["first_stage_config"]["params"]["ddconfig"], model.get("scale_factor", _SCALE_FACTOR[family]))
     except ModelFilesError:
@@ -254,14 +302,19 @@ def _published(family: str, yaml_path: Path) -> _Architecture:
 
     unet = _STANDARD_UNET[family]
     return _Architecture(
-        unet_config(unet, 256), vae_config(dict(_SD_VAE, resolution=unet["image_size"] * 8), _SCALE_FACTOR[family]),
+        unet_config(unet, 256),
+        vae_config(dict(_SD_VAE, resolution=unet["image_size"] * 8), _SCALE_FACTOR[family]),
         [CLIPTextConfig(**config) for config in _STANDARD_TEXT[family]],
-        [_cached_tokenizer(pad) for pad in _PAD_TOKENS[family]], _SD_SCHEDULE, None, f"the published {family} architecture",
+        [_cached_tokenizer(pad) for pad in _PAD_TOKENS[family]],
+        _SD_SCHEDULE,
+        None,
+        f"the published {family} architecture",
         f"for another architecture put the model's .yaml beside it as {yaml_path}, or pass {_CONFIG_DIR}",
     )
 
 
 # --- building -----------------------------------------------------------------------------------
+
 
 def _empty_models(architecture: _Architecture, family: str) -> tuple[torch.nn.Module, torch.nn.Module, list[torch.nn.Module]]:
     """The diffusers / transformers models with parameters on the meta device (no memory, no random init)."""
@@ -305,9 +358,7 @@ def _fill(models: tuple, tensors: dict[str, torch.Tensor], family: str, path: Pa
             found[key] = tensor
         loaded.append((module, found))
     if problems:
-        raise ModelFilesError(
-            f"{path} does not fit {architecture.source} ({len(problems)} tensor(s): {'; '.join(problems[:3])}): {architecture.fix}"
-        )
+        raise ModelFilesError(f"{path} does not fit {architecture.source} ({len(problems)} tensor(s): {'; '.join(problems[:3])}): {architecture.fix}")
     for module, found in loaded:
         module.load_state_dict(found, strict=False, assign=True)
 

@@ -24,9 +24,16 @@ SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.0
 
 def _text_encoder_config(hidden: int, projection: int = 0) -> dict:
     config = dict(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
     )
     if projection:
         config["projection_dim"] = projection
@@ -35,25 +42,45 @@ def _text_encoder_config(hidden: int, projection: int = 0) -> dict:
 
 def _unet_config(arch: str, context_dim: int, pooled_dim: int) -> dict:
     config = dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=context_dim, attention_head_dim=8, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=context_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     if arch == "sd2":
         config.update(attention_head_dim=(2, 4), use_linear_projection=True)
     if arch == "sdxl":
         config.update(
             # two layers per block as in SDXL, so kohya's SGM block numbers are those of the real model
-            layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2), use_linear_projection=True, attention_head_dim=(2, 4),
-            addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            use_linear_projection=True,
+            attention_head_dim=(2, 4),
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
         )
     return config
 
 
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=64,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    sample_size=64,
 )
 
 
@@ -67,7 +94,10 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0, tokenizer_dir: str |
         write_clip_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     if arch == "sdxl":
-        encoders = [CLIPTextModel(CLIPTextConfig(**_text_encoder_config(32))), CLIPTextModelWithProjection(CLIPTextConfig(**_text_encoder_config(32, projection=32)))]
+        encoders = [
+            CLIPTextModel(CLIPTextConfig(**_text_encoder_config(32))),
+            CLIPTextModelWithProjection(CLIPTextConfig(**_text_encoder_config(32, projection=32))),
+        ]
         context_dim, pooled_dim = 64, 32
     else:
         encoders = [CLIPTextModel(CLIPTextConfig(**_text_encoder_config(32)))]
@@ -94,16 +124,25 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0, tokenizer_dir: str |
         vae.register_to_config(scaling_factor=float(1.0 / vae.encode(images).latent_dist.mode().std()))
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     return {
-        "unet": unet, "vae": vae, "text_encoders": encoders, "tokenizers": [tokenizer] * len(encoders),
-        "parameterization": "v" if arch == "sd2" else "eps", "arch": arch,
+        "unet": unet,
+        "vae": vae,
+        "text_encoders": encoders,
+        "tokenizers": [tokenizer] * len(encoders),
+        "parameterization": "v" if arch == "sd2" else "eps",
+        "arch": arch,
     }
 
 
 def build_tiny_backend(arch: str = "sd1", seed: int = 0, tokenizer_dir: str | Path | None = None) -> DiffusersBackend:
     parts = build_tiny_components(arch, seed, tokenizer_dir)
     return DiffusersBackend(
-        parts["unet"], parts["vae"], parts["text_encoders"], parts["tokenizers"], _alphas_cumprod(SCHEDULER),
-        parts["parameterization"], parts["arch"],
+        parts["unet"],
+        parts["vae"],
+        parts["text_encoders"],
+        parts["tokenizers"],
+        _alphas_cumprod(SCHEDULER),
+        parts["parameterization"],
+        parts["arch"],
     )
 
 
@@ -119,13 +158,23 @@ def save_diffusers_folder(backend: DiffusersBackend, folder: str | Path) -> Path
         tokenizer.save_pretrained(folder / name.replace("text_encoder", "tokenizer"))
         # vocab.json + merges.txt as well, so older transformers (the WebUI's 4.30) read the folder too.
         write_clip_tokenizer(folder / name.replace("text_encoder", "tokenizer"), pad_token=tokenizer.pad_token)
-    scheduler = dict(SCHEDULER, _class_name="DDIMScheduler", prediction_type="v_prediction" if backend.parameterization == "v" else "epsilon",
-                     steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+    scheduler = dict(
+        SCHEDULER,
+        _class_name="DDIMScheduler",
+        prediction_type="v_prediction" if backend.parameterization == "v" else "epsilon",
+        steps_offset=1,
+        set_alpha_to_one=False,
+        clip_sample=False,
+    )
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
-    index = {"_class_name": pipeline, "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "scheduler": ["diffusers", "DDIMScheduler"]}
+    index = {
+        "_class_name": pipeline,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
     for name in names:
         index[name] = ["transformers", "CLIPTextModelWithProjection" if name == "text_encoder_2" else "CLIPTextModel"]
         index[name.replace("text_encoder", "tokenizer")] = ["transformers", "CLIPTokenizer"]
@@ -133,7 +182,9 @@ def save_diffusers_folder(backend: DiffusersBackend, folder: str | Path) -> Path
     return folder
 
 
-def build_full_size_backend(arch: str, seed: int = 0, dtype: torch.dtype = torch.float16, tokenizer_dir: str | Path | None = None) -> DiffusersBackend:
+def build_full_size_backend(
+    arch: str, seed: int = 0, dtype: torch.dtype = torch.float16, tokenizer_dir: str | Path | None = None
+) -> DiffusersBackend:
     """A random-weight model at the published SD 1.5 / SD 2.x 768-v / SDXL-base sizes (several GB).
 
     Only for hosts that accept nothing smaller (the WebUI's SD2/SDXL text encoders have fixed sizes).
@@ -158,7 +209,18 @@ def build_full_size_backend(arch: str, seed: int = 0, dtype: torch.dtype = torch
         encoders = [cls(CLIPTextConfig(**config)) for cls, config in zip(classes, _STANDARD_TEXT[arch])]
     finally:
         torch.set_default_dtype(previous)
-    tokenizers = [CLIPTokenizer.from_pretrained(write_clip_tokenizer(tokenizer_dir / str(i), pad_token=pad), local_files_only=True)
-                  for i, pad in enumerate(_PAD_TOKENS[arch])]
-    return DiffusersBackend(unet, vae, encoders, tokenizers, _alphas_cumprod(SCHEDULER), "v" if arch == "sd2" else "eps", arch,
-                            identity=f"random-{arch}-{seed}", dtype=dtype)
+    tokenizers = [
+        CLIPTokenizer.from_pretrained(write_clip_tokenizer(tokenizer_dir / str(i), pad_token=pad), local_files_only=True)
+        for i, pad in enumerate(_PAD_TOKENS[arch])
+    ]
+    return DiffusersBackend(
+        unet,
+        vae,
+        encoders,
+        tokenizers,
+        _alphas_cumprod(SCHEDULER),
+        "v" if arch == "sd2" else "eps",
+        arch,
+        identity=f"random-{arch}-{seed}",
+        dtype=dtype,
+    )

@@ -177,8 +177,10 @@ def register(app) -> None:
         return {"loras": refresh() if refresh_list else available()}
 
     def fields():
-        return {name: {spec.name: {k: v for k, v in spec.metadata.items() if v is not None}
-                       for spec in dataclasses.fields(cls)} for name, cls in JOBS.items()}
+        return {
+            name: {spec.name: {k: v for k, v in spec.metadata.items() if v is not None} for spec in dataclasses.fields(cls)}
+            for name, cls in JOBS.items()
+        }
 
     app.add_api_route(f"{PREFIX}/version", version, methods=["GET"], dependencies=dependencies)
     app.add_api_route(f"{PREFIX}/loras", loras, methods=["GET"], dependencies=dependencies)

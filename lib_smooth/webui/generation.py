@@ -71,7 +71,7 @@ def refuse(p, error: Exception) -> None:
 
 
 def parse_infotext(value: str) -> Tuple[str, float]:
-    """"name:weight" → (name, weight); a name may itself contain colons."""
+    """ "name:weight" → (name, weight); a name may itself contain colons."""
     name, _, weight = value.rpartition(":")
     try:
         return (name, float(weight)) if name else (value, 1.0)
@@ -89,8 +89,10 @@ def inversion_settings(source_prompt, switch_ratio, mode) -> Tuple[str, float, s
         raise RequestError(f"Smooth inversion: inversion must be one of {', '.join(modes)}; got {mode!r}")
     limits = field_meta(EditRequest, "switch_ratio")
     if isinstance(switch_ratio, bool) or not isinstance(switch_ratio, (int, float)) or not limits["low"] <= switch_ratio <= limits["high"]:
-        raise RequestError(f"Smooth inversion: the switch threshold r must be a number between {number(limits['low'])} and "
-                           f"{number(limits['high'])}; got {switch_ratio!r}")
+        raise RequestError(
+            f"Smooth inversion: the switch threshold r must be a number between {number(limits['low'])} and "
+            f"{number(limits['high'])}; got {switch_ratio!r}"
+        )
     if not isinstance(source_prompt, str):
         raise RequestError(f"Smooth inversion: the source prompt must be text; got {source_prompt!r}")
     return source_prompt, float(switch_ratio), mode
@@ -113,17 +115,39 @@ def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: s
         target = prompts[0]  # the img2img prompt with extra-network tags already removed
         source = source_prompt.strip() or target
         try:
-            inversion = invert_image(backend, p.init_images[0], source, steps=p.steps, negative_prompt=p.negative_prompt, width=p.width,
-                                     height=p.height, mode=mode, null_text_guidance=p.cfg_scale, on_step=lambda i, n, x: progress(i + 1, 2 * n, x))
-            latent = reconstruct(backend, inversion, p.cfg_scale, p.negative_prompt, target if source != target else None, switch_ratio,
-                                 on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x))
+            inversion = invert_image(
+                backend,
+                p.init_images[0],
+                source,
+                steps=p.steps,
+                negative_prompt=p.negative_prompt,
+                width=p.width,
+                height=p.height,
+                mode=mode,
+                null_text_guidance=p.cfg_scale,
+                on_step=lambda i, n, x: progress(i + 1, 2 * n, x),
+            )
+            latent = reconstruct(
+                backend,
+                inversion,
+                p.cfg_scale,
+                p.negative_prompt,
+                target if source != target else None,
+                switch_ratio,
+                on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x),
+            )
         except SmoothDiffusionError as error:
             raise refused(error) from None
         finally:
             progress.close()
         p.extra_generation_params.pop("Denoising strength", None)
-        p.extra_generation_params.update({"Smooth inversion": f"{mode} (whole schedule; denoising strength not used)",
-                                          "Smooth source prompt": source, "Smooth switch": switch_ratio})
+        p.extra_generation_params.update(
+            {
+                "Smooth inversion": f"{mode} (whole schedule; denoising strength not used)",
+                "Smooth source prompt": source,
+                "Smooth switch": switch_ratio,
+            }
+        )
         return latent.repeat(len(prompts), 1, 1, 1).to(devices.device)
 
     return sample

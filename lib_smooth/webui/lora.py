@@ -61,8 +61,11 @@ def webui_unet_layout(sd_model) -> UnetLayout:
     unet = sd_model.model.diffusion_model
     blocks = unet.num_res_blocks
     layers = blocks if isinstance(blocks, int) else blocks[0]
-    up_attention = frozenset(index // (layers + 1) for index, block in enumerate(unet.output_blocks)
-                             if any(type(module).__name__ == "SpatialTransformer" for module in block))
+    up_attention = frozenset(
+        index // (layers + 1)
+        for index, block in enumerate(unet.output_blocks)
+        if any(type(module).__name__ == "SpatialTransformer" for module in block)
+    )
     return UnetLayout(layers, up_attention, len(unet.channel_mult))
 
 
@@ -116,8 +119,9 @@ def check_fit(networks, requested: str, prepared: Prepared) -> None:
     if not modules:
         raise LoraError(f"LoRA {requested!r} matches none of this model's layers: it was made for another model")
     if len(modules) < prepared.layers:
-        raise LoraError(f"LoRA {requested!r}: only {len(modules)} of its {prepared.layers} layers match this model's layers; "
-                        "it was made for another model")
+        raise LoraError(
+            f"LoRA {requested!r}: only {len(modules)} of its {prepared.layers} layers match this model's layers; it was made for another model"
+        )
     for module in modules:
         target = getattr(module.sd_module, "weight", None)
         up, down = getattr(module, "up_model", None), getattr(module, "down_model", None)
@@ -125,8 +129,10 @@ def check_fit(networks, requested: str, prepared: Prepared) -> None:
             delta = (up.weight.shape[0], down.weight.shape[1])
             if tuple(target.shape[:2]) != delta:
                 layer = module.network_key.split(".", 1)[0]
-                raise LoraShapeError(f"LoRA {requested!r}: layer {layer} gives a {delta} delta but the model layer is {tuple(target.shape[:2])}; "
-                                     "it was made for another model size")
+                raise LoraShapeError(
+                    f"LoRA {requested!r}: layer {layer} gives a {delta} delta but the model layer is {tuple(target.shape[:2])}; "
+                    "it was made for another model size"
+                )
 
 
 def checked_name(name: str, sd_model) -> str:

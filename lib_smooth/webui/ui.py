@@ -7,11 +7,10 @@ ETA, live preview and Interrupt work as in txt2img.
 
 from __future__ import annotations
 
+import base64
 import datetime
 from pathlib import Path
 from typing import List
-
-import base64
 
 from .. import __version__
 from ..export import write_animation, write_json
@@ -21,8 +20,13 @@ from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdReque
 from .api import execute
 
 TAB_ID = "smooth_diffusion"
-DEFAULT_PROMPTS = ["a photograph of a cat", "a red car parked on a street", "a bowl of fruit on a table",
-                   "a mountain lake at sunrise", "a portrait of an old man"]
+DEFAULT_PROMPTS = [
+    "a photograph of a cat",
+    "a red car parked on a street",
+    "a bowl of fruit on a table",
+    "a mountain lake at sunrise",
+    "a portrait of an old man",
+]
 NONE = "None"
 
 
@@ -33,12 +37,23 @@ def on_ui_settings() -> None:
     section = ("smooth_diffusion", "Smooth Diffusion")
     options = {
         "smooth_diffusion_default_lora": shared.OptionInfo(NONE, "Default Smooth-LoRA (a name from the Lora folder, or None)", section=section),
-        "smooth_diffusion_lora_weight": shared.OptionInfo(1.0, "Default LoRA weight", gr.Slider, {"minimum": 0.0, "maximum": 2.0, "step": 0.05}, section=section),
-        "smooth_diffusion_frames": shared.OptionInfo(24, "Default interpolation frames", gr.Slider, {"minimum": 2, "maximum": 120, "step": 1}, section=section),
+        "smooth_diffusion_lora_weight": shared.OptionInfo(
+            1.0, "Default LoRA weight", gr.Slider, {"minimum": 0.0, "maximum": 2.0, "step": 0.05}, section=section
+        ),
+        "smooth_diffusion_frames": shared.OptionInfo(
+            24, "Default interpolation frames", gr.Slider, {"minimum": 2, "maximum": 120, "step": 1}, section=section
+        ),
         "smooth_diffusion_steps": shared.OptionInfo(50, "Default DDIM steps", gr.Slider, {"minimum": 1, "maximum": 150, "step": 1}, section=section),
-        "smooth_diffusion_size": shared.OptionInfo(0, "Default width and height (0: the loaded model's native size — 512 SD1, 768 SD2-v, 1024 SDXL, "
-                                                   "64 shapes-sd1)", gr.Slider, {"minimum": 0, "maximum": 2048, "step": 8}, section=section),
-        "smooth_diffusion_formats": shared.OptionInfo(["gif"], "Animation formats to save (mp4 needs ffmpeg)", gr.CheckboxGroup, {"choices": ["gif", "webp", "mp4"]}, section=section),
+        "smooth_diffusion_size": shared.OptionInfo(
+            0,
+            "Default width and height (0: the loaded model's native size — 512 SD1, 768 SD2-v, 1024 SDXL, 64 shapes-sd1)",
+            gr.Slider,
+            {"minimum": 0, "maximum": 2048, "step": 8},
+            section=section,
+        ),
+        "smooth_diffusion_formats": shared.OptionInfo(
+            ["gif"], "Animation formats to save (mp4 needs ffmpeg)", gr.CheckboxGroup, {"choices": ["gif", "webp", "mp4"]}, section=section
+        ),
         "smooth_diffusion_outdir": shared.OptionInfo("outputs/smooth-diffusion", "Output folder", section=section),
     }
     for key, info in options.items():
@@ -71,9 +86,15 @@ def infotext(sidecar: dict) -> str:
     """A WebUI-style parameters text, so a frame sent to txt2img/img2img carries its settings."""
     s = sidecar["settings"]
     prompt = s.get("prompt_a") or s.get("prompt") or ""
-    fields = {"Steps": s.get("steps"), "Sampler": "DDIM", "CFG scale": s.get("guidance"), "Seed": s.get("seed_a", s.get("seed")),
-              "Size": f"{s.get('width')}x{s.get('height')}", "Model hash": sidecar.get("model_hash"),
-              "Smooth Diffusion": f"{sidecar['job']} (lib_smooth {__version__})"}
+    fields = {
+        "Steps": s.get("steps"),
+        "Sampler": "DDIM",
+        "CFG scale": s.get("guidance"),
+        "Seed": s.get("seed_a", s.get("seed")),
+        "Size": f"{s.get('width')}x{s.get('height')}",
+        "Model hash": sidecar.get("model_hash"),
+        "Smooth Diffusion": f"{sidecar['job']} (lib_smooth {__version__})",
+    }
     if sidecar.get("lora"):
         fields["Smooth-LoRA"] = f"{sidecar['lora']['name']}:{sidecar['lora']['weight']:g}"
     negative = f"\nNegative prompt: {s['negative_prompt']}" if s.get("negative_prompt") else ""
@@ -111,26 +132,70 @@ def _lora_fields(lora: str, weight: float) -> dict:
     return {"lora": None if lora in (None, "", NONE) else lora, "lora_weight": float(weight)}
 
 
-def interpolate(task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, negative, seed_a, seed_b, frames, steps, guidance,
-                inversion_guidance, inversion, width, height):
+def interpolate(
+    task_id,
+    lora,
+    weight,
+    image_a,
+    image_b,
+    prompt_a,
+    prompt_b,
+    negative,
+    seed_a,
+    seed_b,
+    frames,
+    steps,
+    guidance,
+    inversion_guidance,
+    inversion,
+    width,
+    height,
+):
     encode = lambda img: base64.b64encode(png_bytes(img)).decode() if img is not None else None  # noqa: E731
-    request = validate(InterpolateRequest(prompt_a=prompt_a, prompt_b=prompt_b, negative_prompt=negative, image_a=encode(image_a), image_b=encode(image_b),
-                                          seed_a=int(seed_a), seed_b=int(seed_b), frames=int(frames), steps=int(steps), guidance=float(guidance),
-                                          inversion_guidance=float(inversion_guidance), inversion=inversion, **_size_fields(width, height),
-                                          **_lora_fields(lora, weight)))
+    request = validate(
+        InterpolateRequest(
+            prompt_a=prompt_a,
+            prompt_b=prompt_b,
+            negative_prompt=negative,
+            image_a=encode(image_a),
+            image_b=encode(image_b),
+            seed_a=int(seed_a),
+            seed_b=int(seed_b),
+            frames=int(frames),
+            steps=int(steps),
+            guidance=float(guidance),
+            inversion_guidance=float(inversion_guidance),
+            inversion=inversion,
+            **_size_fields(width, height),
+            **_lora_fields(lora, weight),
+        )
+    )
     result = execute("interpolate", request)
     folder = save_run("interpolate", {}, result["sidecar"], result["frames"])
     animation = next((str(p) for p in sorted(folder.glob("interpolation.*")) if p.suffix in (".gif", ".webp")), None)
     return result["frames"], animation, infotext(result["sidecar"]), f"<p>Saved to {folder}</p>"
 
 
-def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative, switch_ratio, steps, guidance, inversion_guidance, inversion, width, height):
+def invert_or_edit(
+    task_id, lora, weight, image, prompt, target_prompt, negative, switch_ratio, steps, guidance, inversion_guidance, inversion, width, height
+):
     if image is None:
         raise ValueError("upload an image to invert")
-    fields = dict(image=base64.b64encode(png_bytes(image)).decode(), prompt=prompt, negative_prompt=negative, steps=int(steps), guidance=float(guidance),
-                  inversion_guidance=float(inversion_guidance), inversion=inversion, **_size_fields(width, height), **_lora_fields(lora, weight))
+    fields = dict(
+        image=base64.b64encode(png_bytes(image)).decode(),
+        prompt=prompt,
+        negative_prompt=negative,
+        steps=int(steps),
+        guidance=float(guidance),
+        inversion_guidance=float(inversion_guidance),
+        inversion=inversion,
+        **_size_fields(width, height),
+        **_lora_fields(lora, weight),
+    )
     job = "edit" if target_prompt.strip() else "invert"
-    request = validate(EditRequest(target_prompt=target_prompt, switch_ratio=float(switch_ratio), **fields) if job == "edit" else InvertRequest(**fields))
+    request = validate(
+        EditRequest(target_prompt=target_prompt, switch_ratio=float(switch_ratio), **fields) if job == "edit" else InvertRequest(**fields)
+    )
     result = execute(job, request)
     images = {"input": result["input"], "reconstruction": result["reconstruction"]}
     if "edited" in result:
@@ -138,16 +203,25 @@ def invert_or_edit(task_id, lora, weight, image, prompt, target_prompt, negative
     folder = save_run(job, images, result["sidecar"])
     m = result["metrics"]
     lpips = f"{m['lpips']:.4f}" if m["lpips"] is not None else "unavailable"
-    report = (f"<p>Reconstruction: PSNR {m['psnr']:.2f} dB · SSIM {m['ssim']:.4f} · MSE {m['mse']:.4f} · LPIPS {lpips}</p>"
-              f"<p>Saved to {folder}</p>")
+    report = f"<p>Reconstruction: PSNR {m['psnr']:.2f} dB · SSIM {m['ssim']:.4f} · MSE {m['mse']:.4f} · LPIPS {lpips}</p><p>Saved to {folder}</p>"
     return list(images.values()), infotext(result["sidecar"]), report
 
 
 def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidance, width, height, seed):
     prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
-    request = validate(IstdRequest(prompts=prompts, pairs=int(pairs), points=int(points), steps=int(steps), guidance=float(guidance),
-                                   **_size_fields(width, height), seed=int(seed), compare_without_lora=lora not in (None, "", NONE),
-                                   **_lora_fields(lora, weight)))
+    request = validate(
+        IstdRequest(
+            prompts=prompts,
+            pairs=int(pairs),
+            points=int(points),
+            steps=int(steps),
+            guidance=float(guidance),
+            **_size_fields(width, height),
+            seed=int(seed),
+            compare_without_lora=lora not in (None, "", NONE),
+            **_lora_fields(lora, weight),
+        )
+    )
     result = execute("istd", request)
     reports = [("with LoRA" if request.lora else "checkpoint", result["istd"])]
     if "istd_without_lora" in result:
@@ -155,8 +229,10 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
     rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{r['mean'][k]:.4g}</td>" for k in EXPLANATIONS) + "</tr>" for name, r in reports)
     header = "".join(f"<th title='{text}'>{key}</th>" for key, text in EXPLANATIONS.items())
     notes = "".join(f"<li><b>{key}</b>: {text}</li>" for key, text in EXPLANATIONS.items())
-    html = (f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
-            f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>")
+    html = (
+        f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
+        f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>"
+    )
     plot = _distance_plot(reports)
     save_run("istd", {"distances": plot}, dict(result["sidecar"], report={name: r for name, r in reports}))
     return plot, html
@@ -276,14 +352,20 @@ def build_tab():
 
     with gr.Blocks(analytics_enabled=False) as tab:
         if is_forge():
-            gr.HTML("<h3>Smooth Diffusion does not support WebUI Forge yet.</h3><p>Its model objects differ from AUTOMATIC1111's; "
-                    "use AUTOMATIC1111 stable-diffusion-webui 1.10 or the command line (python -m lib_smooth).</p>")
+            gr.HTML(
+                "<h3>Smooth Diffusion does not support WebUI Forge yet.</h3><p>Its model objects differ from AUTOMATIC1111's; "
+                "use AUTOMATIC1111 stable-diffusion-webui 1.10 or the command line (python -m lib_smooth).</p>"
+            )
             return [(tab, "Smooth Diffusion", TAB_ID)]
         with gr.Row(elem_id="smooth_diffusion_lora_row"):
             default = _opt("smooth_diffusion_default_lora", NONE)
-            lora = gr.Dropdown(label="Smooth-LoRA", choices=_lora_choices(), value=default if default in _lora_choices() else NONE, elem_id="smooth_diffusion_lora")
+            lora = gr.Dropdown(
+                label="Smooth-LoRA", choices=_lora_choices(), value=default if default in _lora_choices() else NONE, elem_id="smooth_diffusion_lora"
+            )
             refresh = tool_button("🔄", "smooth_diffusion_refresh")
-            weight = slider(InterpolateRequest, "lora_weight", "LoRA weight", _opt("smooth_diffusion_lora_weight", 1.0), elem_id="smooth_diffusion_weight")
+            weight = slider(
+                InterpolateRequest, "lora_weight", "LoRA weight", _opt("smooth_diffusion_lora_weight", 1.0), elem_id="smooth_diffusion_weight"
+            )
         refresh.click(fn=lambda: gr.update(choices=lora_choices_refreshed()), inputs=[], outputs=[lora])
         task_id = gr.Textbox(visible=False, elem_id="smooth_diffusion_task")
         frames_default, steps_default = _opt("smooth_diffusion_frames", 24), _opt("smooth_diffusion_steps", 50)
@@ -306,18 +388,42 @@ def build_tab():
                         with gr.Row():
                             guidance = slider(InterpolateRequest, "guidance", "Guidance", step=0.5)
                             inversion_guidance = slider(InterpolateRequest, "inversion_guidance", "Inversion guidance", step=0.5)
-                        inversion = gr.Dropdown(label="Inversion (image ends)", choices=list(field_meta(InterpolateRequest, "inversion")["choices"]), value="ddim",
-                                                info="null-text: official demo's default, ≈ 10× slower inversion, far better reconstruction")
+                        inversion = gr.Dropdown(
+                            label="Inversion (image ends)",
+                            choices=list(field_meta(InterpolateRequest, "inversion")["choices"]),
+                            value="ddim",
+                            info="null-text: official demo's default, ≈ 10× slower inversion, far better reconstruction",
+                        )
                         width, height = _size_row()
                         with gr.Row():
                             go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
                             _interrupt_button("interpolate")
                     with gr.Column():
                         gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 4, with_animation=True)
-                go.click(fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
-                         inputs=[task_id, lora, weight, image_a, image_b, prompt_a, prompt_b, negative, seed_a, seed_b, frames, steps, guidance,
-                                 inversion_guidance, inversion, width, height],
-                         outputs=[gallery, animation, info, log], **_submit_kwargs("smoothDiffusionSubmitInterpolate"))
+                go.click(
+                    fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
+                    inputs=[
+                        task_id,
+                        lora,
+                        weight,
+                        image_a,
+                        image_b,
+                        prompt_a,
+                        prompt_b,
+                        negative,
+                        seed_a,
+                        seed_b,
+                        frames,
+                        steps,
+                        guidance,
+                        inversion_guidance,
+                        inversion,
+                        width,
+                        height,
+                    ],
+                    outputs=[gallery, animation, info, log],
+                    **_submit_kwargs("smoothDiffusionSubmitInterpolate"),
+                )
             with gr.Tab("Inversion & editing", elem_id="smooth_diffusion_inversion_tab"):
                 with gr.Row():
                     with gr.Column():
@@ -330,18 +436,41 @@ def build_tab():
                             steps_inv = slider(InvertRequest, "steps", "DDIM steps", steps_default)
                             guidance_inv = slider(InvertRequest, "guidance", "Guidance", step=0.5)
                             inversion_guidance_inv = slider(InvertRequest, "inversion_guidance", "Inversion guidance", step=0.5)
-                        mode = gr.Dropdown(label="Inversion", choices=list(field_meta(InvertRequest, "inversion")["choices"]), value="ddim",
-                                           info="null-text: steps × 10 extra UNet passes; much better reconstruction")
+                        mode = gr.Dropdown(
+                            label="Inversion",
+                            choices=list(field_meta(InvertRequest, "inversion")["choices"]),
+                            value="ddim",
+                            info="null-text: steps × 10 extra UNet passes; much better reconstruction",
+                        )
                         width_inv, height_inv = _size_row()
                         with gr.Row():
                             go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
                             _interrupt_button("invert")
                     with gr.Column():
-                        results, _, info_inv, report = _results_column("invert", "Input · reconstruction · edit", "smooth_diffusion_inversion_gallery", 3)
-                go_inv.click(fn=wrap_gradio_gpu_call(invert_or_edit, extra_outputs=[None, ""]),
-                             inputs=[task_id, lora, weight, image, source, target, negative_inv, switch, steps_inv, guidance_inv, inversion_guidance_inv,
-                                     mode, width_inv, height_inv],
-                             outputs=[results, info_inv, report], **_submit_kwargs("smoothDiffusionSubmitInvert"))
+                        results, _, info_inv, report = _results_column(
+                            "invert", "Input · reconstruction · edit", "smooth_diffusion_inversion_gallery", 3
+                        )
+                go_inv.click(
+                    fn=wrap_gradio_gpu_call(invert_or_edit, extra_outputs=[None, ""]),
+                    inputs=[
+                        task_id,
+                        lora,
+                        weight,
+                        image,
+                        source,
+                        target,
+                        negative_inv,
+                        switch,
+                        steps_inv,
+                        guidance_inv,
+                        inversion_guidance_inv,
+                        mode,
+                        width_inv,
+                        height_inv,
+                    ],
+                    outputs=[results, info_inv, report],
+                    **_submit_kwargs("smoothDiffusionSubmitInvert"),
+                )
             with gr.Tab("Smoothness", elem_id="smooth_diffusion_smoothness_tab"):
                 with gr.Row():
                     with gr.Column():
@@ -361,9 +490,12 @@ def build_tab():
                         gr.HTML("<div id='smooth_diffusion_istd_progress'></div>")
                         plot = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_plot")
                         table = gr.HTML(elem_id="smooth_diffusion_istd_log")
-                go_istd.click(fn=wrap_gradio_gpu_call(smoothness, extra_outputs=[None]),
-                              inputs=[task_id, lora, weight, prompts, pairs, points, steps_istd, guidance_istd, width_istd, height_istd, seed_istd],
-                              outputs=[plot, table], **_submit_kwargs("smoothDiffusionSubmitIstd"))
+                go_istd.click(
+                    fn=wrap_gradio_gpu_call(smoothness, extra_outputs=[None]),
+                    inputs=[task_id, lora, weight, prompts, pairs, points, steps_istd, guidance_istd, width_istd, height_istd, seed_istd],
+                    outputs=[plot, table],
+                    **_submit_kwargs("smoothDiffusionSubmitIstd"),
+                )
     return [(tab, "Smooth Diffusion", TAB_ID)]
 
 
@@ -397,7 +529,7 @@ def _send_buttons(gallery, text):
 
     buttons = infotext_utils.create_buttons(["txt2img", "img2img"])
     for tabname, button in buttons.items():
-        infotext_utils.register_paste_params_button(infotext_utils.ParamBinding(
-            paste_button=button, tabname=tabname, source_text_component=text, source_image_component=gallery))
+        infotext_utils.register_paste_params_button(
+            infotext_utils.ParamBinding(paste_button=button, tabname=tabname, source_text_component=text, source_image_component=gallery)
+        )
     return buttons
-
