@@ -7,11 +7,25 @@ inside a conditioning; it only concatenates, repeats, selects and blends it with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
 Conditioning = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LoraInUse:
+    """The LoRA a job ran with, as its sidecar records it: `name` is the file's name (CLI, Python) or the
+    Lora-folder name (WebUI) — each host resolves its own kind of reference in its ``use_lora``."""
+
+    name: str
+    sha256: str
+    weight: float
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256, "weight": self.weight}
 
 
 @runtime_checkable
@@ -30,6 +44,10 @@ class Backend(Protocol):
             jobs use it when a request leaves width/height unset (512 when a backend does not say).
         identity: a short string naming the model weights (hash), used in cache keys and sidecars.
         lora_identity: a string naming the LoRA set and weights currently applied ("" for none).
+
+    A host that can apply LoRAs also has ``use_lora(reference, weight)``: a context manager that applies
+    the LoRA `reference` names (a file path for the diffusers host, a Lora-folder name in the WebUI) for
+    its duration — or, with None, makes sure no LoRA is applied — yielding a :class:`LoraInUse` or None.
     """
 
     parameterization: str

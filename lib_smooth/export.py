@@ -92,16 +92,17 @@ def write_animation(frames: Sequence[Image.Image], stem: Path, formats: Sequence
     return written
 
 
-def sidecar(job: str, request: Any, model_hash: str, lora_sha256: Optional[str], image_hashes: Dict[str, str], extra: Optional[dict] = None) -> dict:
-    """Reproducibility record of a run; image fields hold the sha256 of the image's PNG bytes as used."""
+def sidecar(job: str, request: Any, model_hash: str, lora: Optional[Any], image_hashes: Dict[str, str], extra: Optional[dict] = None) -> dict:
+    """Reproducibility record of a run; image fields hold the sha256 of the image's PNG bytes as used,
+    `lora` is the job's :class:`lib_smooth.backend.LoraInUse` (None without one)."""
     settings = dataclasses.asdict(request)
-    lora_file, lora_weight = settings.pop("lora", None), settings.pop("lora_weight", None)
+    settings.pop("lora", None), settings.pop("lora_weight", None)
     settings.update({name: {"sha256": digest} for name, digest in image_hashes.items()})
     record = {
         "generator": f"lib_smooth {__version__}",
         "job": job,
         "model_hash": model_hash,
-        "lora": {"file": Path(lora_file).name, "sha256": lora_sha256, "weight": lora_weight} if lora_file else None,
+        "lora": lora.as_dict() if lora else None,
         "settings": settings,
     }
     record.update(extra or {})

@@ -15,14 +15,13 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 from PIL import Image
 
-from .backend import Backend
+from .backend import Backend, LoraInUse
 from .cache import InversionCache
 from .evaluate import IstdReport, evaluate_istd
 from .export import sidecar
 from .images import png_bytes, tensor_to_pils
 from .interpolate import render_frames, seed_noise
 from .invert import dual_null_text_inversion, invert_image, prepare_image, reconstruct
-from .lora_formats import load_lora
 from .metrics import reconstruction_metrics
 from .requests import JOB_REQUESTS, EditRequest, InterpolateRequest, InvertRequest, IstdRequest, open_image_field, sized, validate
 
@@ -53,19 +52,16 @@ class StepCounter:
 
 
 @contextlib.contextmanager
-def lora_applied(backend: Backend, path: Optional[str], weight: float) -> Iterator[Optional[str]]:
-    """Apply the LoRA file for the duration of a job; yields its sha256 (None without a LoRA)."""
-    if not path:
+def lora_applied(backend: Backend, reference: Optional[str], weight: float) -> Iterator[Optional[LoraInUse]]:
+    """The request's LoRA for the duration of a job, resolved by the host (a path or a Lora-folder name);
+    None: no LoRA at all. Yields what the sidecar records."""
+    if not hasattr(backend, "use_lora"):
+        if reference:
+            raise TypeError(f"{type(backend).__name__} cannot apply LoRAs")
         yield None
         return
-    if not hasattr(backend, "apply_lora"):
-        raise TypeError(f"{type(backend).__name__} cannot apply LoRA files itself; apply the LoRA in the host")
-    network = load_lora(path)
-    backend.apply_lora(network, weight)
-    try:
-        yield network.sha256
-    finally:
-        backend.remove_lora()
+    with backend.use_lora(reference, weight) as in_use:
+        yield in_use
 
 
 def decode(backend: Backend, latents: torch.Tensor, batch_size: int = 8) -> List[Image.Image]:
@@ -115,7 +111,7 @@ def run_interpolate(
         inner_steps=r.null_text_steps,
         on_iteration=counter.advance,
     )
-    with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
+    with lora_applied(backend, r.lora, r.lora_weight) as lora:
         negative = backend.encode_prompts([r.negative_prompt], r.width, r.height) if r.guidance != 1.0 else None
         pictures = {name: open_image_field(name, image) for image, _, _, name in ends if image}
         hashes = {name: _sha(prepare_image(picture, r.width, r.height)) for name, picture in pictures.items()}
@@ -144,7 +140,7 @@ def run_interpolate(
             backend, x_T[0], x_T[1], cond_a, cond_b, uncond, r.frames, r.steps, r.guidance, r.batch_size, on_step=counter, uncond_b=uncond_b
         )
         frames = decode(backend, latents, r.batch_size)
-        record = sidecar("interpolate", r, backend.identity, lora_sha, hashes)
+        record = sidecar("interpolate", r, backend.identity, lora, hashes)
     counter.finish()
     return InterpolationResult(frames, record)
 
@@ -167,7 +163,7 @@ def run_invert(
     editing = isinstance(r, EditRequest)
     counter = StepCounter(_inversion_cost(r, 1) + r.steps * (2 if editing else 1), progress)
     picture = prepare_image(open_image_field("image", r.image), r.width, r.height)
-    with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
+    with lora_applied(backend, r.lora, r.lora_weight) as lora:
         inversion = invert_image(
             backend,
             picture,
@@ -190,7 +186,7 @@ def run_invert(
             latent = reconstruct(backend, inversion, r.guidance, r.negative_prompt, r.target_prompt, r.switch_ratio, on_step=counter)
             edited = decode(backend, latent)[0]
         metrics = reconstruction_metrics(picture, reconstruction)
-        record = sidecar("edit" if editing else "invert", r, backend.identity, lora_sha, {"image": _sha(picture)}, {"metrics": metrics})
+        record = sidecar("edit" if editing else "invert", r, backend.identity, lora, {"image": _sha(picture)}, {"metrics": metrics})
     counter.finish()
     return InversionResult(picture, reconstruction, metrics, record, edited, inversion.x_T)
 
@@ -222,13 +218,16 @@ def run_istd(backend: Backend, request: IstdRequest, progress: Optional[Progress
         batch_size=r.batch_size,
         on_step=counter,
     )
-    baseline = evaluate_istd(backend, **settings) if runs == 2 else None
-    with lora_applied(backend, r.lora, r.lora_weight) as lora_sha:
+    baseline = None
+    if runs == 2:
+        with lora_applied(backend, None, 0.0):  # the host without any LoRA (the WebUI: the user's LoRAs off too)
+            baseline = evaluate_istd(backend, **settings)
+    with lora_applied(backend, r.lora, r.lora_weight) as lora:
         report = evaluate_istd(backend, **settings)
         extra: Dict[str, dict] = {"istd": report.as_dict()}
         if baseline is not None:
             extra["istd_without_lora"] = baseline.as_dict()
-        record = sidecar("istd", r, backend.identity, lora_sha, {}, extra)
+        record = sidecar("istd", r, backend.identity, lora, {}, extra)
     return IstdResult(report, baseline, record)
 
 

@@ -12,9 +12,11 @@ step lands on the inversion path again. Per sampling step i (timestep t, from x_
         stop early once loss < 1e-5 + 2e-5·i
     x ← x' computed with the final ∅_i
 
-These numbers are the official code's (SHI-Labs/Smooth-Diffusion nulltxtinv_wrapper.py; paper Supp.),
-run in float32. The *dual* form (the paper's real-image interpolation, Eq. 20) inverts two images with
-one shared set {∅_i}, optimised on the sum of both losses, so every interpolation frame can use it.
+These numbers are the official code's (SHI-Labs/Smooth-Diffusion nulltxtinv_wrapper.py; paper Supp.).
+The null embeddings being optimised and the latent arithmetic are float32; the UNet runs in the
+backend's own precision (fp16 on a GPU, say) and its output is taken back to float32. The *dual* form
+(the paper's real-image interpolation, Eq. 20) inverts two images with one shared set {∅_i}, optimised
+on the sum of both losses, so every interpolation frame can use it.
 
 Only the cross-attention embedding is optimised: for SDXL's dict conditioning that is the one 3-D entry
 (tokens × width); the pooled vector and size conditioning of the empty prompt stay as they are, since

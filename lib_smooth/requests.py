@@ -13,7 +13,7 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -135,6 +135,28 @@ class IstdRequest(SamplingOptions, ModelOptions):
             raise RequestError("compare_without_lora needs a lora to compare with")
 
 
+@dataclass
+class AccordionRequest(ModelOptions):
+    """txt2img / img2img's Smooth Diffusion accordion (also the API's alwayson_scripts args, in this order:
+    enabled, lora, lora_weight)."""
+
+    enabled: bool = option(False, "apply the Smooth-LoRA to this generation")
+
+    ARGS = ("enabled", "lora", "lora_weight")
+
+
+@dataclass
+class SmoothInversionRequest:
+    """img2img's "Smooth inversion" script (the API's script_args, in this order: source_prompt,
+    switch_ratio, inversion)."""
+
+    source_prompt: str = option("", "prompt describing the init image (empty: the img2img prompt, i.e. reconstruct)")
+    switch_ratio: float = option(0.8, "share r of the last steps that use the img2img prompt (official demo: 0.8)", 0.0, 1.0)
+    inversion: str = option("ddim", "inversion mode (the whole schedule is inverted: Denoising strength is not used)", choices=INVERSION_MODES)
+
+    ARGS = ("source_prompt", "switch_ratio", "inversion")
+
+
 R = TypeVar("R")
 
 #: every job by name, with its request model: the CLI's commands, the API's routes and the tab's panels
@@ -182,8 +204,16 @@ def validate(request: Any) -> Any:
             raise RequestError(f"{spec.name} must be between {number(meta['low'])} and {number(meta['high'])}; got {value}")
         if meta.get("multiple_of") and value % meta["multiple_of"]:
             raise RequestError(f"{spec.name} must be a multiple of {meta['multiple_of']}; got {value}")
-    request.check()
+    if hasattr(request, "check"):  # the request's own cross-field rules, where it has any
+        request.check()
     return request
+
+
+def from_args(cls: Type[R], args: Sequence[Any]) -> R:
+    """A script's positional arguments (the UI's component values, the API's args lists) as its request."""
+    if len(args) > len(cls.ARGS):
+        raise RequestError(f"{cls.__name__} takes at most {len(cls.ARGS)} arguments ({', '.join(cls.ARGS)}); got {len(args)}")
+    return from_dict(cls, dict(zip(cls.ARGS, args)))
 
 
 def from_dict(cls: Type[R], data: Dict[str, Any]) -> R:
@@ -202,7 +232,10 @@ def _coerce(name: str, spec: dataclasses.Field, value: Any) -> Any:
     """JSON values as the field's type; numbers must be JSON numbers ("3" is a string, not an int)."""
     kind = type_name(spec)
     if value is None:
-        return None
+        declared = spec.type if isinstance(spec.type, str) else str(spec.type)
+        if declared.startswith("Optional["):
+            return None
+        raise RequestError(f"{name} must be of type {kind}; got null")
     try:
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):

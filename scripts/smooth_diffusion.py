@@ -11,7 +11,7 @@ import lib_smooth.webui.api as smooth_api
 import lib_smooth.webui.generation as smooth_generation
 import lib_smooth.webui.ui as smooth_ui
 from lib_smooth.errors import RequestError
-from lib_smooth.requests import EditRequest, InterpolateRequest, InvertRequest, field_meta
+from lib_smooth.requests import AccordionRequest, SmoothInversionRequest, field_meta, from_args
 
 
 def on_app_started(_demo, app) -> None:
@@ -38,7 +38,7 @@ class SmoothLoraAccordion(scripts.Script):
             with gr.Row(elem_id=self.elem_id("lora_row")):
                 lora = gr.Dropdown(label="Smooth-LoRA", choices=smooth_ui._lora_choices(), value=smooth_ui.NONE, elem_id=self.elem_id("lora"))
                 refresh = smooth_ui.tool_button("🔄", self.elem_id("refresh"))  # LoRAs added since start-up
-                weight = smooth_ui.slider(InterpolateRequest, "lora_weight", "Weight", elem_id=self.elem_id("weight"))
+                weight = smooth_ui.slider(AccordionRequest, "lora_weight", "Weight", elem_id=self.elem_id("weight"))
             refresh.click(fn=lambda: gr.update(choices=smooth_ui.lora_choices_refreshed()), inputs=[], outputs=[lora])
         self.infotext_fields = [
             (enabled, lambda d: smooth_generation.INFOTEXT_KEY in d),
@@ -57,8 +57,8 @@ class SmoothLoraAccordion(scripts.Script):
         ]
         return [enabled, lora, weight]
 
-    def process(self, p, enabled=False, lora=smooth_ui.NONE, weight=1.0):
-        smooth_generation.add_lora_to_prompts(p, enabled, lora, weight)
+    def process(self, p, *args):
+        smooth_generation.add_lora_to_prompts(p, *args)
 
 
 class SmoothInversion(scripts.Script):
@@ -75,20 +75,20 @@ class SmoothInversion(scripts.Script):
             label="Source prompt (describes the init image; empty: reconstruct with the prompt)", lines=2, elem_id=self.elem_id("source")
         )
         switch = smooth_ui.slider(
-            EditRequest, "switch_ratio", "Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch")
+            SmoothInversionRequest, "switch_ratio", "Switch threshold r (the prompt drives the last r of the steps)", elem_id=self.elem_id("switch")
         )
         mode = gr.Dropdown(
             label="Inversion (the whole schedule is inverted: Denoising strength is not used)",
-            choices=list(field_meta(InvertRequest, "inversion")["choices"]),
+            choices=list(field_meta(SmoothInversionRequest, "inversion")["choices"]),
             value="ddim",
             elem_id=self.elem_id("mode"),
         )
         return [source, switch, mode]
 
-    def run(self, p, source="", switch=0.8, mode="ddim"):
+    def run(self, p, *args):
         try:
-            settings = smooth_generation.inversion_settings(source, switch, mode)
+            request = from_args(SmoothInversionRequest, args)
         except RequestError as error:
             raise smooth_generation.refused(error) from None
-        p.sample = smooth_generation.smooth_inversion_sampler(p, *settings)
+        p.sample = smooth_generation.smooth_inversion_sampler(p, request)
         return processing.process_images(p)

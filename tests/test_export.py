@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from lib_smooth import __version__
+from lib_smooth.backend import LoraInUse
 from lib_smooth.export import mp4_available, sidecar, write_animation, write_json, write_pngs
 from lib_smooth.requests import InterpolateRequest
 
@@ -40,9 +41,9 @@ def test_pngs_are_numbered(tmp_path):
 
 def test_sidecar_holds_what_reproduces_a_run(tmp_path):
     request = InterpolateRequest(prompt_a="a cat", image_a="<base64>", seed_b=9, lora="/loras/smooth.safetensors", lora_weight=0.7)
-    record = sidecar("interpolate", request, "abc123", "f" * 64, {"image_a": "d" * 64})
+    record = sidecar("interpolate", request, "abc123", LoraInUse("smooth.safetensors", "f" * 64, 0.7), {"image_a": "d" * 64})
     assert record["generator"] == f"lib_smooth {__version__}" and record["model_hash"] == "abc123"
-    assert record["lora"] == {"file": "smooth.safetensors", "sha256": "f" * 64, "weight": 0.7}
+    assert record["lora"] == {"name": "smooth.safetensors", "sha256": "f" * 64, "weight": 0.7}
     assert record["settings"]["image_a"] == {"sha256": "d" * 64} and record["settings"]["seed_b"] == 9
     assert "lora" not in record["settings"]
     write_json(record, tmp_path / "run.json")

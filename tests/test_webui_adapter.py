@@ -219,9 +219,10 @@ def test_a_pasted_infotext_does_not_apply_the_lora_twice(fake_webui):
 
 
 @pytest.mark.parametrize(
-    "lora, weight, reason", [("missing", 1.0, "LoRA 'missing' not found"), ("smooth", "heavy", "weight must be a number; got 'heavy'")]
+    "lora, weight, reason, status",
+    [("missing", 1.0, "LoRA 'missing' not found", 400), ("smooth", "heavy", "lora_weight must be of type float; got 'heavy'", 422)],
 )
-def test_accordion_problems_refuse_the_generation_with_the_reason(fake_webui, lora, weight, reason):
+def test_accordion_problems_refuse_the_generation_with_the_reason(fake_webui, lora, weight, reason, status):
     from lib_smooth.webui.generation import GenerationRefused
 
     p = _generation(fake_webui, ["a cat"])
@@ -229,23 +230,25 @@ def test_accordion_problems_refuse_the_generation_with_the_reason(fake_webui, lo
     assert p.all_prompts == ["a cat"]
     with pytest.raises(GenerationRefused, match=reason) as refusal:
         p.sample(conditioning=None)
-    assert refusal.value.status_code == 400 and reason.split(";")[0] in refusal.value.detail  # what the WebUI's API answers
+    assert refusal.value.status_code == status and reason.split(";")[0] in refusal.value.detail  # what the WebUI's API answers
 
 
 def test_img2img_script_arguments_are_checked():
     from lib_smooth.errors import RequestError
-    from lib_smooth.webui.generation import inversion_settings
+    from lib_smooth.requests import SmoothInversionRequest, from_args
 
-    assert inversion_settings("a cat", 0.8, "null-text") == ("a cat", 0.8, "null-text")
+    assert from_args(SmoothInversionRequest, ["a cat", 0.8, "null-text"]) == SmoothInversionRequest("a cat", 0.8, "null-text")
+    assert from_args(SmoothInversionRequest, []) == SmoothInversionRequest()  # every argument has its default
     for args, reason in (
-        (("a", 0.8, "magic"), "inversion must be one of"),
-        (("a", "0.8", "ddim"), "must be a number"),
-        (("a", True, "ddim"), "must be a number"),
-        (("a", 1.2, "ddim"), "between 0 and 1"),
-        ((None, 0.8, "ddim"), "must be text"),
+        (["a", 0.8, "magic"], "inversion must be one of"),
+        (["a", "0.8", "ddim"], "switch_ratio must be of type float; got '0.8'"),
+        (["a", True, "ddim"], "switch_ratio must be of type float"),
+        (["a", 1.2, "ddim"], "switch_ratio must be between 0 and 1"),
+        ([None, 0.8, "ddim"], "source_prompt must be of type str; got null"),
+        (["a", 0.8, "ddim", "extra"], "takes at most 3 arguments"),
     ):
         with pytest.raises(RequestError, match=reason):
-            inversion_settings(*args)
+            from_args(SmoothInversionRequest, args)
 
 
 def test_infotext_round_trips():

@@ -395,8 +395,8 @@ def test_img2img_smooth_inversion_script(webui):
     "script_args, reason",
     [
         (["a circle", 0.8, "magic"], "inversion must be one of ddim"),
-        (["a circle", "most", "ddim"], "switch threshold r must be a number"),
-        (["a circle", 1.5, "ddim"], "between 0 and 1"),
+        (["a circle", "most", "ddim"], "switch_ratio must be of type float"),
+        (["a circle", 1.5, "ddim"], "switch_ratio must be between 0 and 1"),
     ],
 )
 def test_img2img_smooth_inversion_refuses_bad_script_args(webui, script_args, reason):
@@ -655,7 +655,7 @@ def test_accordion_refuses_what_it_cannot_apply_and_never_applies_twice(webui):
     base = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1}
     for args, reason in (
         ([True, "no-such-lora", 1.0], "not found"),
-        ([True, "smooth-e2e", "heavy"], "must be a number"),
+        ([True, "smooth-e2e", "heavy"], "lora_weight must be of type float"),
         ([True, "sd15-sized", 1.0], "made for another model"),
     ):
         status, body = call(webui, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": args}}))

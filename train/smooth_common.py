@@ -1,13 +1,15 @@
 """What the SD1/2 and SDXL Smooth-LoRA trainers share: finding sd-scripts, the options, and a mixin
 that adds lib_smooth's step-wise variation regularizer to sd-scripts' network training loop.
 
-The mixin overrides four sd-scripts hooks and leaves the loop itself alone:
+The mixin overrides five sd-scripts hooks and leaves the loop itself alone:
 - `load_target_model`: registers the regularizer's state with accelerate (saved by --save_state,
-  restored by --resume) and, for SDXL with gradient checkpointing, switches to non-reentrant checkpointing;
+  restored by --resume; not when resuming a plain train_network.py state, which has none) and, for SDXL
+  with gradient checkpointing, switches to non-reentrant checkpointing;
 - `call_unet`: when a training step regularizes, runs the UNet with double-backward-capable attention
   and keeps (x_t, t, output); never for validation (no grad) or the DOP prior call (`indices`);
 - `process_batch`: adds the penalty to sd-scripts' loss; sd-scripts' own backward trains both;
-- `generate_step_logs` / `update_metadata`: `reg/*` step logs and `ss_smooth_*` LoRA metadata.
+- `generate_step_logs`: `reg/*` step logs, once per regularized step;
+- `update_metadata`: `ss_smooth_*` LoRA metadata.
 All the math is in `lib_smooth.regularizer`.
 """
 

@@ -14,10 +14,10 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..backend import Conditioning
+from ..backend import Conditioning, LoraInUse
 from ..errors import ModelFilesError
 from ..lora_apply import AppliedLora, apply_lora, module_lookup
-from ..lora_formats import LoraNetwork
+from ..lora_formats import LoraNetwork, load_lora
 
 ARCHS = ("sd1", "sd2", "sdxl")
 
@@ -125,6 +125,19 @@ class DiffusersBackend:
         return out.sample.float()
 
     # --- LoRA ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def use_lora(self, reference: Optional[str], weight: float) -> Iterator[Optional[LoraInUse]]:
+        """The LoRA file at path `reference` merged for the duration (the weights come back bit for bit)."""
+        if not reference:
+            yield None
+            return
+        network = load_lora(reference)
+        self.apply_lora(network, weight)
+        try:
+            yield LoraInUse(Path(reference).name, network.sha256, weight)
+        finally:
+            self.remove_lora()
+
     def apply_lora(self, network: LoraNetwork, multiplier: float = 1.0) -> None:
         """Merge a LoRA into the weights (replacing any applied one); `remove_lora` restores them exactly."""
         self.remove_lora()

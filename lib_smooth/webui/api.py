@@ -74,32 +74,20 @@ def execute(name: str, request) -> dict:
 
 
 def _execute(name: str, request, progress: Callable) -> dict:
-    from ..jobs import run_istd
     from ..jobs import run_job as run
     from .backend import WebUIBackend
-    from .lora import file_sha256, lora_session
 
-    lora_name, weight = request.lora, request.lora_weight
-    # the WebUI's Lora extension applies the LoRA (lora_session); the core job runs on the patched model
-    core_request = dataclasses.replace(request, lora=None, **({"compare_without_lora": False} if name == "istd" else {}))
-    backend = WebUIBackend()
-    baseline = None
-    if name == "istd" and request.compare_without_lora and lora_name:
-        with lora_session(backend, None, 0.0):
-            baseline = run_istd(backend, core_request, progress).with_lora
-    with lora_session(backend, lora_name, weight) as loaded:
-        result = run(name, backend, core_request, _CACHE, progress)
+    result = run(name, WebUIBackend(), request, _CACHE, progress)  # the backend resolves `lora` as a Lora-folder name
     if name == "interpolate":
-        response = {"frames": result.frames, "sidecar": result.sidecar}
-    elif name in ("invert", "edit"):
+        return {"frames": result.frames, "sidecar": result.sidecar}
+    if name in ("invert", "edit"):
         response = {"input": result.input, "reconstruction": result.reconstruction, "metrics": result.metrics, "sidecar": result.sidecar}
         if result.edited is not None:
             response["edited"] = result.edited
-    else:
-        response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
-        if baseline is not None:
-            response["istd_without_lora"] = baseline.as_dict()
-    response["sidecar"]["lora"] = {"name": loaded, "sha256": file_sha256(loaded), "weight": weight} if loaded else None
+        return response
+    response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
+    if result.without_lora is not None:
+        response["istd_without_lora"] = result.without_lora.as_dict()
     return response
 
 

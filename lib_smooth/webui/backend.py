@@ -10,11 +10,11 @@ Latent math stays float32; model calls run under the WebUI's autocast.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..backend import Conditioning
+from ..backend import Conditioning, LoraInUse
 from ..errors import SmoothDiffusionError
 
 
@@ -81,6 +81,15 @@ class WebUIBackend:
     @property
     def lora_identity(self) -> str:
         return self.lora_label
+
+    @contextlib.contextmanager
+    def use_lora(self, name: Optional[str], weight: float) -> Iterator[Optional[LoraInUse]]:
+        """The Lora-folder LoRA `name` through the built-in Lora extension for the duration (None: no
+        LoRA, the user's own ones off too); the user's network set and the weights come back after."""
+        from .lora import file_sha256, lora_session
+
+        with lora_session(self, name, weight) as loaded:
+            yield LoraInUse(loaded, file_sha256(loaded), weight) if loaded else None
 
     def encode_prompts(self, prompts: Sequence[str], width: int, height: int) -> Conditioning:
         from modules import prompt_parser

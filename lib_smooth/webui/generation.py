@@ -10,37 +10,36 @@ source prompt and sampled back with the img2img prompt for the last r of the ste
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 from .ui import NONE
 
 INFOTEXT_KEY = "Smooth-LoRA"
 
 
-def add_lora_to_prompts(p, enabled: bool, lora: Optional[str], weight) -> None:
-    """The accordion: add `<lora:name:weight>` to every prompt — unless the prompt already carries the
-    tag (an infotext pasted back holds it), so the LoRA is never applied twice. Any problem refuses the
-    generation with its reason instead of giving an image without the LoRA."""
-    if not enabled or lora in (None, "", NONE):
-        return
+def add_lora_to_prompts(p, *args) -> None:
+    """The accordion (args: its AccordionRequest fields in order): add `<lora:name:weight>` to every
+    prompt — unless the prompt already carries the tag (an infotext pasted back holds it), so the LoRA is
+    never applied twice. Any problem refuses the generation with its reason instead of giving an image
+    without the LoRA."""
     from ..errors import SmoothDiffusionError
+    from ..requests import AccordionRequest, from_args
     from .lora import checked_name
 
     try:
-        try:
-            multiplier = float(weight)
-        except (TypeError, ValueError):
-            raise SmoothDiffusionError(f"the Smooth-LoRA weight must be a number; got {weight!r}") from None
-        name = checked_name(lora, p.sd_model)
+        request = from_args(AccordionRequest, [None if value == NONE else value for value in args])
+        if not request.enabled or not request.lora:
+            return
+        name = checked_name(request.lora, p.sd_model)
     except SmoothDiffusionError as error:
         refuse(p, error)
         return
-    tag = f"<lora:{name}:{multiplier:g}>"
+    tag = f"<lora:{name}:{request.lora_weight:g}>"
     has_tag = re.compile(rf"<lora:{re.escape(name)}:", re.IGNORECASE)
     p.all_prompts = [prompt if has_tag.search(prompt) else f"{prompt} {tag}" for prompt in p.all_prompts]
     if getattr(p, "all_hr_prompts", None):
         p.all_hr_prompts = [prompt if has_tag.search(prompt) else f"{prompt} {tag}" for prompt in p.all_hr_prompts]
-    p.extra_generation_params[INFOTEXT_KEY] = f"{lora}:{multiplier:g}"
+    p.extra_generation_params[INFOTEXT_KEY] = f"{request.lora}:{request.lora_weight:g}"
 
 
 class GenerationRefused(Exception):
@@ -79,26 +78,7 @@ def parse_infotext(value: str) -> Tuple[str, float]:
         return value, 1.0
 
 
-def inversion_settings(source_prompt, switch_ratio, mode) -> Tuple[str, float, str]:
-    """The img2img script's arguments checked (they come from the API's script_args as well)."""
-    from ..errors import RequestError
-    from ..requests import EditRequest, InvertRequest, field_meta, number
-
-    modes = field_meta(InvertRequest, "inversion")["choices"]
-    if mode not in modes:
-        raise RequestError(f"Smooth inversion: inversion must be one of {', '.join(modes)}; got {mode!r}")
-    limits = field_meta(EditRequest, "switch_ratio")
-    if isinstance(switch_ratio, bool) or not isinstance(switch_ratio, (int, float)) or not limits["low"] <= switch_ratio <= limits["high"]:
-        raise RequestError(
-            f"Smooth inversion: the switch threshold r must be a number between {number(limits['low'])} and "
-            f"{number(limits['high'])}; got {switch_ratio!r}"
-        )
-    if not isinstance(source_prompt, str):
-        raise RequestError(f"Smooth inversion: the source prompt must be text; got {source_prompt!r}")
-    return source_prompt, float(switch_ratio), mode
-
-
-def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: str) -> Callable:
+def smooth_inversion_sampler(p, request) -> Callable:
     """A replacement for `p.sample` that starts from the DDIM inversion of the init image.
 
     It inverts the whole schedule, so img2img's Denoising strength plays no part: the infotext says
@@ -113,7 +93,7 @@ def smooth_inversion_sampler(p, source_prompt: str, switch_ratio: float, mode: s
     def sample(conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         backend, progress = WebUIBackend(p.sd_model), webui_progress("smooth inversion")
         target = prompts[0]  # the img2img prompt with extra-network tags already removed
-        source = source_prompt.strip() or target
+        source, switch_ratio, mode = request.source_prompt.strip() or target, request.switch_ratio, request.inversion
         try:
             inversion = invert_image(
                 backend,
