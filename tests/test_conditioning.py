@@ -1,5 +1,6 @@
 """Conditionings of different token counts (WebUI prompts over 75 tokens have 77·k tokens)."""
 
+import pytest
 import torch
 
 from lib_smooth.backend import cond_cat, cond_lerp, cond_pad_tokens, cond_tokens
@@ -53,3 +54,27 @@ def test_guidance_with_a_long_prompt_runs_each_branch_unpadded(sd1):
     calls.clear()
     guided_eps(Recording(), cond[:, :77], uncond, 7.5)(x, 501, 0)
     assert calls == [77]  # equal lengths: one batched call as before
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_the_diffusers_host_encodes_long_prompts_in_77_token_windows_as_the_webui(tiny_models, arch):
+    backend = tiny_models(arch)
+    tokenizer = backend.tokenizers[0]
+    words = " ".join(["red circle"] * 50)  # 100 prompt tokens: two windows
+    ids = tokenizer(words, add_special_tokens=False).input_ids
+    assert len(ids) == 100
+    long = backend.encode_prompts([words], 64, 64)
+    context = long["context"] if arch == "sdxl" else long
+    assert context.shape[1] == 154
+    first_75 = tokenizer.decode(ids[:75])
+    alone = backend.encode_prompts([first_75], 64, 64)
+    alone_context = alone["context"] if arch == "sdxl" else alone
+    assert torch.allclose(context[:, :77], alone_context, atol=1e-5)  # window 1 is the prompt's first 75 tokens
+    assert not torch.allclose(context[:, 77:], alone_context, atol=1e-3)  # window 2 carries the rest
+    if arch == "sdxl":
+        assert torch.allclose(long["text_embeds"], alone["text_embeds"], atol=1e-5)  # pooled from the first window
+    # up to 75 tokens: the usual single window, exactly what a max_length tokenization gives
+    short = tokenizer(["a red circle"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    expected = backend.text_encoders[0](short)[0] if arch == "sd1" else None
+    if expected is not None:
+        assert torch.equal(backend.encode_prompts(["a red circle"], 64, 64), expected.float())

@@ -545,6 +545,20 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
             )
             assert status == 200, body
             assert np.abs(image(body["frames"][0]).astype(np.float64) - drawn_by_webui).mean() < 2.0
+            # a prompt over 75 tokens (no commas, so the WebUI's comma backtracking does not move the split):
+            # both hosts encode it in two 77-token windows and draw the same picture
+            long = " ".join([spec.caption] * 8)
+            cond = backend.encode_prompts([long], 64, 64)
+            assert cond.shape[1] == 154
+            latent = sample(guided_eps(backend, cond, uncond, 5.0), seed_noise(3, (1, 4, 8, 8)), backend.alphas_cumprod, 25)
+            expected_long = np.asarray(tensor_to_pils(backend.decode_latents(latent))[0], dtype=np.float64)
+            status, body = call(
+                webui,
+                "/sdapi/v1/txt2img",
+                {"prompt": long, "width": 64, "height": 64, "steps": 25, "sampler_name": "DDIM", "cfg_scale": 5, "seed": 3},
+            )
+            assert status == 200, body
+            assert np.abs(image(body["images"][0]).astype(np.float64) - expected_long).mean() < 2.0
         finally:
             stop(process)
     finally:

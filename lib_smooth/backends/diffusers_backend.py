@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 
@@ -30,6 +30,9 @@ def state_dict_hash(*modules: torch.nn.Module) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:10]
+
+
+WINDOW = 75  # prompt tokens per 77-token window (BOS and EOS take the other two)
 
 
 class DiffusersBackend:
@@ -79,21 +82,34 @@ class DiffusersBackend:
         return self._applied.identity if self._applied else ""
 
     # --- text ---------------------------------------------------------------------------------
-    def _tokens(self, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-        return ids.input_ids.to(self.device)
+    def _token_windows(self, tokenizer, prompts: Sequence[str]) -> List[torch.Tensor]:
+        """The prompts' tokens in windows of 75 between BOS and EOS, padded to 77 — how the WebUI encodes
+        a prompt over 75 tokens (without its comma backtracking) — as one (B, 77) id tensor per window;
+        a prompt with fewer windows than the longest gets empty ones. Up to 75 tokens this is exactly
+        the usual single 77-token encoding."""
+        ids = [tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids for prompt in prompts]
+        windows = max(1, *(-(-len(tokens) // WINDOW) for tokens in ids))
+        length, pad = tokenizer.model_max_length, tokenizer.pad_token_id
+        batches = []
+        for k in range(windows):
+            rows = [[tokenizer.bos_token_id, *tokens[k * WINDOW : (k + 1) * WINDOW], tokenizer.eos_token_id] for tokens in ids]
+            batches.append(torch.tensor([row + [pad] * (length - len(row)) for row in rows], device=self.device))
+        return batches
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str], width: int, height: int) -> Conditioning:
+        """Token embeddings of every 77-token window side by side (77·k tokens for a prompt of k windows)."""
         if self.arch != "sdxl":
-            return self.text_encoders[0](self._tokens(self.tokenizers[0], prompts))[0].float()
+            encoder = self.text_encoders[0]
+            return torch.cat([encoder(window)[0] for window in self._token_windows(self.tokenizers[0], prompts)], dim=1).float()
         # SDXL: penultimate hidden states of both encoders side by side; the pooled projection of the
-        # second encoder plus (original size, crop top-left, target size) feed the added embedding.
+        # second encoder (first window, as the WebUI) plus (original size, crop top-left, target size)
+        # feed the added embedding.
         hidden, pooled = [], None
         for encoder, tokenizer in zip(self.text_encoders, self.tokenizers):
-            out = encoder(self._tokens(tokenizer, prompts), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
-            pooled = out[0]
+            outputs = [encoder(window, output_hidden_states=True) for window in self._token_windows(tokenizer, prompts)]
+            hidden.append(torch.cat([out.hidden_states[-2] for out in outputs], dim=1))
+            pooled = outputs[0][0]
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=self.device)
         return {
             "context": torch.cat(hidden, dim=-1).float(),
