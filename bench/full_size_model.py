@@ -3,17 +3,14 @@
 Its images mean nothing, but every layer has SD 1.5's shape, so the time and memory a step or a frame
 takes are the real model's: the GPU benchmarks (bench/gpu_checks.sh) time it at 512 px.
 
-    python bench/full_size_model.py --out /tmp/sd15-random [--arch sd1|sd2|sdxl]
+    python -m bench.full_size_model --out /tmp/sd15-random [--arch sd1|sd2|sdxl]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth.backends.tiny import build_full_size_backend, save_diffusers_folder  # noqa: E402
+from lib_smooth.testing import build_full_size_backend, save_diffusers_folder
 
 
 def main() -> None:

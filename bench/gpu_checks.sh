@@ -5,9 +5,10 @@
 #   parts: tests interp_sd15 step_sd15 inv_sd15 interp_shapes step_shapes inv_shapes
 #
 # Needs a CUDA build of torch plus diffusers, transformers and open-clip-torch (the full-size model's
-# tokenizer). The *_sd15 parts use a random-weight SD 1.5-sized model (bench/full_size_model.py) at
+# tokenizer). The *_sd15 parts use a random-weight SD 1.5-sized model (python3 -m bench.full_size_model) at
 # 512 px: its times and memory are the real model's, its images are not.
 set -uo pipefail
+cd "$(dirname "$0")/.."  # the scripts run as modules of the repository root (python3 -m bench.…)
 out=${1:-bench/results}
 shift || true
 parts=${*:-tests interp_sd15 step_sd15 inv_sd15 interp_shapes step_shapes inv_shapes}
@@ -20,16 +21,16 @@ run() { echo "== $*"; start=$SECONDS; timeout 240 "$@"; echo "== exit $? after $
 full_size="--model $model --dtype float16 --size 512"
 for part in $parts; do
     case $part in
-        *_sd15) [ -d "$model" ] || run python3 bench/full_size_model.py --out "$model" ;;
+        *_sd15) [ -d "$model" ] || run python3 -m bench.full_size_model --out "$model" ;;
     esac
     case $part in
         tests) run python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-        interp_sd15) run python3 bench/interpolation_throughput.py --device cuda $full_size --frames 16 --output "$out/interpolation_throughput_cuda_sd15.json" ;;
-        step_sd15) run python3 bench/train_step_cost.py --device cuda --model "$model" --batch 4 --latent-size 64 --steps 12 --output "$out/train_step_cost_cuda_sd15.json" ;;
-        inv_sd15) run python3 bench/inversion_cost.py --device cuda $full_size --output "$out/inversion_cost_cuda_sd15.json" ;;
-        interp_shapes) run python3 bench/interpolation_throughput.py --device cuda --output "$out/interpolation_throughput_cuda.json" ;;
-        step_shapes) run python3 bench/train_step_cost.py --device cuda --output "$out/train_step_cost_cuda.json" ;;
-        inv_shapes) run python3 bench/inversion_cost.py --device cuda --output "$out/inversion_cost_cuda.json" ;;
+        interp_sd15) run python3 -m bench.interpolation_throughput --device cuda $full_size --frames 16 --output "$out/interpolation_throughput_cuda_sd15.json" ;;
+        step_sd15) run python3 -m bench.train_step_cost --device cuda --model "$model" --batch 4 --latent-size 64 --steps 12 --output "$out/train_step_cost_cuda_sd15.json" ;;
+        inv_sd15) run python3 -m bench.inversion_cost --device cuda $full_size --output "$out/inversion_cost_cuda_sd15.json" ;;
+        interp_shapes) run python3 -m bench.interpolation_throughput --device cuda --output "$out/interpolation_throughput_cuda.json" ;;
+        step_shapes) run python3 -m bench.train_step_cost --device cuda --output "$out/train_step_cost_cuda.json" ;;
+        inv_shapes) run python3 -m bench.inversion_cost --device cuda --output "$out/inversion_cost_cuda.json" ;;
         *) echo "unknown part $part"; exit 2 ;;
     esac
 done

@@ -5,7 +5,7 @@ VAE and text-encoder calls are timed, and reports frames per second, UNet evalua
 how much of the wall time is spent outside the UNet (VAE decoding listed apart: it is model work too,
 but not the UNet's). The goal is ≤ 10 % outside the UNet and VAE.
 
-    python bench/interpolation_throughput.py [--model PATH] [--frames 24] [--steps 25] [--size 64]
+    python -m bench.interpolation_throughput [--model PATH] [--frames 24] [--steps 25] [--size 64]
         [--device cuda --dtype float16 --output bench/results/interpolation_throughput_cuda.json]
 """
 
@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.jobs import run_interpolate  # noqa: E402
-from lib_smooth.requests import InterpolateRequest  # noqa: E402
-
-from machine import describe  # noqa: E402
+from bench.machine import describe
+from lib_smooth.backends import open_model
+from lib_smooth.jobs import run_interpolate
+from lib_smooth.requests import InterpolateRequest
 
 
 class TimedBackend:

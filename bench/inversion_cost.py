@@ -5,7 +5,7 @@ For each image: invert (guidance 1), reconstruct at guidance 7.5, and report the
 random-weight SD1 model is used: its random VAE cannot reproduce images, so only the latent error and
 the times mean anything there.
 
-    python bench/inversion_cost.py [--model PATH] [--steps 50] [--size 64]
+    python -m bench.inversion_cost [--model PATH] [--steps 50] [--size 64]
         [--device cuda --dtype float16 --output bench/results/inversion_cost_cuda.json]
 """
 
@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
-from lib_smooth.jobs import decode  # noqa: E402
-from lib_smooth.metrics import psnr, ssim  # noqa: E402
-from lib_smooth.shapes import samples  # noqa: E402
-
-from machine import describe  # noqa: E402
+from bench.machine import describe
+from lab.shapes import samples
+from lib_smooth.backends import open_model
+from lib_smooth.invert import invert_image, reconstruct
+from lib_smooth.jobs import decode
+from lib_smooth.metrics import psnr, ssim
 
 
 def test_images(size: int) -> list:
-    """Three drawn images with their captions (the first of lib_smooth.shapes' deterministic set)."""
+    """Three drawn images with their captions (the first of lab.shapes' deterministic set)."""
     return [(spec.caption, image) for image, spec in samples(3, seed=0, size=size)]
 
 

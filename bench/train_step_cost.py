@@ -1,13 +1,13 @@
 """Time and peak memory of one Smooth-LoRA training step, per regularizer setting, relative to a plain LoRA step.
 
-Model: the embedded shapes-sd1 UNet (or --model) with bench/lora_loop.py's LoRA — rank 8 on the
+Model: the embedded shapes-sd1 UNet (or --model) with lab/reproduction/lora_loop.py's LoRA — rank 8 on the
 attention projections, the official placement; a batch of noisy latents at uniform timesteps; AdamW. Each variant
 runs in its own process so its peak RSS is its own; the table gives median step time (interval 4:
 mean over whole 4-step cycles, i.e. the amortised cost) and peak RSS above the model-only baseline.
 
-    python bench/train_step_cost.py                  # CPU, writes bench/results/train_step_cost.json
-    python bench/train_step_cost.py --device cuda    # on a GPU, writes train_step_cost_cuda.json
-    python bench/train_step_cost.py --device cuda --model SD15_FOLDER --batch 4 --latent-size 64 --output FILE
+    python -m bench.train_step_cost                  # CPU, writes bench/results/train_step_cost.json
+    python -m bench.train_step_cost --device cuda    # on a GPU, writes train_step_cost_cuda.json
+    python -m bench.train_step_cost --device cuda --model SD15_FOLDER --batch 4 --latent-size 64 --output FILE
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.backends.shapes_model import DESCRIPTION  # noqa: E402
-from lib_smooth.regularizer import StepwiseVariationRegularizer, double_backward_attention, predict_x0  # noqa: E402
-
-from lora_loop import add_lora, lora_parameters  # noqa: E402
-from machine import describe  # noqa: E402
+from bench.machine import describe
+from lab.reproduction.lora_loop import add_lora, lora_parameters
+from lib_smooth.backends import open_model
+from lib_smooth.backends.shapes_model import DESCRIPTION
+from lib_smooth.regularizer import StepwiseVariationRegularizer, double_backward_attention, predict_x0
 
 VARIANTS = {
     "plain LoRA": None,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .backends.shapes_model import CIRCLE_CAPTION, DEMO_IMAGE, SQUARE_CAPTION
 from .cache import InversionCache
 from .console import check_device, load_backend, prepare_output_folder, progress_bar
 from .export import write_animation, write_json, write_pngs
@@ -17,7 +18,6 @@ from .images import png_bytes
 from .jobs import run_interpolate, run_invert
 from .metrics import EXPLANATIONS, smoothness
 from .requests import InterpolateRequest, InvertRequest, validate
-from .shapes import ShapeSpec, render
 
 
 def _b64(image: Image.Image) -> str:
@@ -25,15 +25,11 @@ def _b64(image: Image.Image) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    size, common = (
-        args.size,
-        dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight),
-    )
-    circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
-    square = ShapeSpec("square", "green", "yellow", "large", "in the centre")
+    common = dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora=args.lora, lora_weight=args.lora_weight)
+    circle, square = CIRCLE_CAPTION, SQUARE_CAPTION
     jobs = {
-        "seeds": InterpolateRequest(prompt_a=circle.caption, seed_a=1, seed_b=2, frames=args.frames, **common),
-        "prompts": InterpolateRequest(prompt_a=circle.caption, prompt_b=square.caption, seed_a=3, seed_b=3, frames=args.frames, **common),
+        "seeds": InterpolateRequest(prompt_a=circle, seed_a=1, seed_b=2, frames=args.frames, **common),
+        "prompts": InterpolateRequest(prompt_a=circle, prompt_b=square, seed_a=3, seed_b=3, frames=args.frames, **common),
     }
     for request in jobs.values():  # bad settings are refused before the model loads
         validate(request)
@@ -47,8 +43,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         results[name] = _interpolation(backend, name, request, cache, out, report)
     # Between two generated images, through inversion: the red circle of seed 1 and the green square of seed 3.
     generated = InterpolateRequest(
-        prompt_a=circle.caption,
-        prompt_b=square.caption,
+        prompt_a=circle,
+        prompt_b=square,
         image_a=_b64(results["seeds"].frames[0]),
         image_b=_b64(results["prompts"].frames[-1]),
         frames=args.frames,
@@ -57,7 +53,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     _interpolation(backend, "images", generated, cache, out, report)
     bar, update = progress_bar("inversion + reconstruction")
     # A rendered training-style image (not a generated one): inversion of a real input, as in the paper's Table 2.
-    inversion = run_invert(backend, InvertRequest(image=_b64(render(circle, size)), prompt=circle.caption, **common), cache, update)
+    with Image.open(DEMO_IMAGE) as picture:
+        inversion = run_invert(backend, InvertRequest(image=picture.convert("RGB"), prompt=circle, **common), cache, update)
     bar.close()
     inversion.input.save(out / "inversion_input.png")
     inversion.reconstruction.save(out / "inversion_reconstruction.png")

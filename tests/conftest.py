@@ -22,7 +22,7 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tokenizer_dir):
     """Build each tiny model once per session; tests that change weights must restore them."""
-    from lib_smooth.backends.tiny import build_tiny_backend
+    from lib_smooth.testing import build_tiny_backend
 
     cache = {}
 

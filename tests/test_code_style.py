@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = ["lib_smooth", "tests", "train", "scripts", "bench", "install.py"]
+FOLDERS = ["lib_smooth", "tests", "train", "scripts", "bench", "lab", "install.py"]
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])

@@ -46,7 +46,7 @@ def test_interpolation_frames_match_the_cpu(backends):
 
 
 def test_null_text_inversion_and_edit_match_the_cpu(backends, tmp_path):
-    from lib_smooth.shapes import samples
+    from lab.shapes import samples
 
     image, spec = next(samples(1, seed=3, size=64))
     path = tmp_path / "input.png"

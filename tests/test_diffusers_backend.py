@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lib_smooth.backends import load_model
-from lib_smooth.backends.tiny import save_diffusers_folder
 from lib_smooth.errors import ModelFilesError
+from lib_smooth.testing import save_diffusers_folder
 
 
 @pytest.mark.parametrize("arch, parameterization", [("sd1", "eps"), ("sd2", "v"), ("sdxl", "eps")])

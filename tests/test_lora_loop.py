@@ -1,19 +1,13 @@
-"""The reproduction's minimal LoRA loop (bench/lora_loop.py): placement, export round trip, regularizer log."""
+"""The reproduction's minimal LoRA loop (lab/reproduction/lora_loop.py): placement, export round trip, regularizer log."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from lib_smooth.lora_apply import unet_layout  # noqa: E402
-from lib_smooth.lora_formats import kohya_name, load_lora, save_kohya  # noqa: E402
-
-from lora_loop import LoraRun, add_lora, settling_step, train_lora  # noqa: E402
+from lab.reproduction.lora_loop import LoraRun, add_lora, settling_step, train_lora
+from lib_smooth.lora_apply import unet_layout
+from lib_smooth.lora_formats import kohya_name, load_lora, save_kohya
 
 
 def _data(backend, count=8):

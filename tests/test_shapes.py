@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lib_smooth.shapes import COLOURS, SHAPES, accuracy, detect, frechet_distance, render, samples, spec_for, write_dataset
+from lab.shapes import COLOURS, SHAPES, accuracy, detect, frechet_distance, render, samples, spec_for, write_dataset
 
 
 def test_specs_are_deterministic_and_captioned():
@@ -72,7 +72,7 @@ def test_template_areas_match_the_drawn_shapes():
     """The detector scales each shape to the foreground's area through UNIT_AREA: count the pixels drawn."""
     from PIL import Image, ImageDraw
 
-    from lib_smooth.shapes import UNIT_AREA, _draw
+    from lab.shapes import UNIT_AREA, _draw
 
     for shape in SHAPES:
         image = Image.new("L", (400, 400), 0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lib_smooth import shapes
+from lab import shapes
 from lib_smooth.backends import load_model
 from lib_smooth.backends.shapes_model import CHECKPOINT, DIFFUSERS_DIR, TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
 from lib_smooth.ddim import guided_eps, sample

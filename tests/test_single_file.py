@@ -20,8 +20,8 @@ from lib_smooth.backends import (
 )
 from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer  # noqa: E402
 from lib_smooth.backends.ldm_layout import component_names, save_single_file, to_ldm  # noqa: E402
-from lib_smooth.backends.tiny import build_tiny_backend, save_diffusers_folder  # noqa: E402
 from lib_smooth.errors import ModelFilesError  # noqa: E402
+from lib_smooth.testing import build_tiny_backend, save_diffusers_folder  # noqa: E402
 
 ARCHS = ("sd1", "sd2", "sdxl")
 

@@ -3,16 +3,13 @@
 import argparse
 import contextlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from lib_smooth.regularizer import predict_x0  # noqa: E402
+from lib_smooth.regularizer import predict_x0
 
-from smooth_common import SdScriptsNotFound, SmoothRegularizerMixin, add_smooth_arguments, locate_sd_scripts, validate_smooth_args  # noqa: E402
+from smooth_common import SdScriptsNotFound, SmoothRegularizerMixin, add_smooth_arguments, locate_sd_scripts, validate_smooth_args
 
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2, 0).float()
 

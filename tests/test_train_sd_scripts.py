@@ -320,7 +320,7 @@ def test_sdxl_trainer_with_checkpointing_and_batch_shrink(workspace):
     if not checkpoint.exists():
         # built in a child process so its ≈ 7 GB are free again before sd-scripts loads the model
         build = (
-            "import sys\nfrom pathlib import Path\nfrom lib_smooth.backends.tiny import build_full_size_backend\n"
+            "import sys\nfrom pathlib import Path\nfrom lib_smooth.testing import build_full_size_backend\n"
             "from lib_smooth.backends.ldm_layout import save_single_file\n"
             "save_single_file(build_full_size_backend('sdxl', tokenizer_dir=Path(sys.argv[2])), Path(sys.argv[1]))\n"
         )

@@ -1,18 +1,14 @@
-"""Pieces of the embedded model's training recipe (bench/train_shapes_model.py) that are not exercised by
+"""Pieces of the embedded model's training recipe (lab/recipe/train_shapes_model.py) that are not exercised by
 loading the shipped weights: the optional latent noise and min-SNR weights, and the learning-rate shape."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from train_shapes_model import check_vae, cosine_lr, encode_all, min_snr_weights, with_latent_noise  # noqa: E402
+from lab.recipe.train_shapes_model import check_vae, cosine_lr, encode_all, min_snr_weights, with_latent_noise
 
 
 def test_latent_noise_is_off_at_zero_and_scales_with_the_latents_std():
@@ -70,7 +66,7 @@ def test_every_stage_runs_and_the_vae_learns(tokenizer_dir):
     shape, and the denoiser stage returns a UNet and text encoder that take the CLIP tokens."""
     from transformers import CLIPTokenizer
 
-    from train_shapes_model import render_dataset, train_decoder, train_denoiser, train_vae
+    from lab.recipe.train_shapes_model import render_dataset, train_decoder, train_denoiser, train_vae
 
     torch.manual_seed(0)
     images, captions = render_dataset(8, seed=0)
@@ -98,7 +94,7 @@ def test_the_decoder_stage_beside_the_unet_trains_only_the_decoder_and_gives_the
     from diffusers import AutoencoderKL
     from transformers import CLIPTokenizer
 
-    from train_shapes_model import finish_decoder_beside, render_dataset, start_decoder_beside, train_denoiser, train_vae, watch_decoder
+    from lab.recipe.train_shapes_model import finish_decoder_beside, render_dataset, start_decoder_beside, train_denoiser, train_vae, watch_decoder
 
     torch.manual_seed(0)
     images, captions = render_dataset(8, seed=0)
@@ -123,7 +119,7 @@ def test_the_decoder_stage_beside_the_unet_trains_only_the_decoder_and_gives_the
 
 
 def test_the_decoder_watch_waits_for_the_process_and_stops_the_run_when_it_failed():
-    from train_shapes_model import watch_decoder
+    from lab.recipe.train_shapes_model import watch_decoder
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -187,7 +187,7 @@ def stop(process) -> None:
 def installed(tmp_path_factory):
     """A tiny checkpoint, a Lora folder with one LoRA, and this repository linked into extensions/."""
     from lib_smooth.backends.ldm_layout import save_single_file
-    from lib_smooth.backends.tiny import build_tiny_backend
+    from lib_smooth.testing import build_tiny_backend
 
     root = tmp_path_factory.mktemp("webui")
     write_hf_cache(root / "hf")
@@ -461,7 +461,7 @@ def test_routes_honour_api_auth(installed, webui):
 @pytest.mark.parametrize("arch", ["sd2", "sdxl"])
 def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
     from lib_smooth.backends.ldm_layout import save_single_file
-    from lib_smooth.backends.tiny import build_full_size_backend
+    from lib_smooth.testing import build_full_size_backend
 
     root, _ = installed
     checkpoint = Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-{arch}-{os.getpid()}.safetensors"
@@ -505,7 +505,7 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
     and seed (same noise, same timestep grid, same guidance): one model, two hosts."""
     import shutil
 
-    from lib_smooth import shapes
+    from lab import shapes
     from lib_smooth.backends import open_model
     from lib_smooth.backends.shapes_model import CHECKPOINT, WEBUI_TEXT_ENCODER_DIR
     from lib_smooth.ddim import guided_eps, sample
@@ -647,9 +647,9 @@ def test_a_lora_for_another_model_is_refused(webui, lora, reason):
 def test_one_lora_file_gives_the_same_frames_in_the_webui_and_in_lib_smooth(webui, installed):
     """The tiny UNet has one layer per level: under diffusers-style names the WebUI alone would put the
     LoRA on other layers (SD 1.5's numbering); both files must draw what lib_smooth draws."""
-    from lib_smooth.backends.tiny import build_tiny_backend
     from lib_smooth.jobs import run_interpolate
     from lib_smooth.requests import InterpolateRequest
+    from lib_smooth.testing import build_tiny_backend
 
     root, _ = installed
     backend = build_tiny_backend("sd1", seed=0)

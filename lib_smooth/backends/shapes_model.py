@@ -1,8 +1,8 @@
-"""The embedded small Stable-Diffusion-1 model trained on :mod:`lib_smooth.shapes` ("shapes-sd1").
+"""The embedded small Stable-Diffusion-1 model trained on :mod:`lab.shapes` ("shapes-sd1").
 
 Real SD1 architecture at small widths: an 8× VAE with 4 latent channels (64 px images → 8×8 latents),
 a UNet2DConditionModel with cross-attention at both of its levels, and a CLIP text encoder with the
-real 49,408-token tokenizer. ``bench/train_shapes_model.py`` trains it from these configs; the weights
+real 49,408-token tokenizer. ``lab/recipe/train_shapes_model.py`` trains it from these configs; the weights
 ship in fp16 as a diffusers folder (``lib_smooth/models/shapes-sd1``) and as a WebUI single file
 (``lib_smooth/models/Stable-diffusion``). GroupNorm has 32 groups everywhere because the original (ldm) code
 the WebUI runs hard-codes 32. Widths are 64, not 32: with one channel per group the last norm before
@@ -24,10 +24,15 @@ CHECKPOINT = MODELS_DIR / "Stable-diffusion" / "shapes-sd1.safetensors"
 # a relative path resolves against the WebUI's working directory, its root.
 WEBUI_TEXT_ENCODER_DIR = "models/Stable-diffusion/shapes-sd1-clip"
 DESCRIPTION = (
-    "shapes-sd1: the embedded small SD1-architecture model trained on lib_smooth.shapes "
+    "shapes-sd1: the embedded small SD1-architecture model trained on lab.shapes "
     "(64 px, captions like 'a large red circle in the centre on a blue background')"
 )
 IMAGE_SIZE = 64
+# Two captions of its vocabulary (lab/shapes.py writes them all) and one of its training images, rendered
+# by lab.shapes.render: what the demo interpolates between and inverts.
+CIRCLE_CAPTION = "a large red circle in the centre on a blue background"
+SQUARE_CAPTION = "a large green square in the centre on a yellow background"
+DEMO_IMAGE = MODELS_DIR / "demo" / "red-circle.png"
 
 TEXT_ENCODER_CONFIG = dict(
     vocab_size=VOCAB_SIZE,

@@ -1,8 +1,8 @@
 """Step costs of the two training stages that need only the frozen encoder's latents — the VAE decoder
 alone and the text encoder + UNet — on one torch thread, on two, and on one thread each side by side.
-This is why bench/train_shapes_model.py runs them together.
+This is why lab/recipe/train_shapes_model.py runs them together.
 
-    python bench/stage_threads.py   → bench/results/stage_threads.json
+    python -m lab.recipe.stage_threads   → lab/recipe/results/stage_threads.json
 
 Run it with nothing else on the machine. Steps are the real training functions' (batch 16, shapes-sd1's
 architecture) on random latents: a step's cost does not depend on the values.
@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_shapes_model import render_dataset, train_decoder, train_denoiser  # noqa: E402
+from lab.recipe.train_shapes_model import render_dataset, train_decoder, train_denoiser
 
 # About as long for each stage, so that side by side the UNet's steps fall while the decoder runs;
 # the first steps are slower (allocator, caches) and are left out.

@@ -1,8 +1,8 @@
-"""Random-weight models with the real SD1.x / SD2.x / SDXL architectures, built on the spot: tiny ones
-for tests and the demo, full-size ones for end-to-end checks in hosts that only load real sizes.
+"""For testing only: random-weight models with the real SD1.x / SD2.x / SDXL architectures, built on the
+spot — tiny ones for the tests, full-size ones for end-to-end checks in hosts that only load real sizes
+(the WebUI's SD2/SDXL text encoders, sd-scripts). Nothing the product runs imports this module.
 
-Used by the tests and, until a trained small model ships, by ``python -m lib_smooth demo``. Widths are
-small but the structure is the real one: UNet2DConditionModel with cross-attention transformer blocks
+Widths are small but the structure is the real one: UNet2DConditionModel with cross-attention transformer blocks
 (SDXL: text-time added embedding), an 8× downsampling VAE with 4 latent channels and CLIP text
 encoders with the real 49,408-token tokenizer. Weights come from a fixed seed.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .clip_tokenizer import VOCAB_SIZE, write_clip_tokenizer
-from .diffusers_backend import DiffusersBackend, _alphas_cumprod
+from .backends.clip_tokenizer import VOCAB_SIZE, write_clip_tokenizer
+from .backends.diffusers_backend import DiffusersBackend, _alphas_cumprod
 
 OUTPUT_SCALE = 0.1
 SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -192,8 +192,8 @@ def build_full_size_backend(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from .ldm_layout import unet_config, vae_config
-    from .single_file import _PAD_TOKENS, _SCALE_FACTOR, _SD_VAE, _STANDARD_TEXT, _STANDARD_UNET
+    from .backends.ldm_layout import unet_config, vae_config
+    from .backends.single_file import _PAD_TOKENS, _SCALE_FACTOR, _SD_VAE, _STANDARD_TEXT, _STANDARD_UNET
 
     tokenizer_dir = Path(tokenizer_dir or tempfile.mkdtemp(prefix="lib_smooth_tokenizer_"))
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 """Train the embedded shapes-sd1 model (lib_smooth.backends.shapes_model) from scratch on a 2-core CPU.
 
-    python bench/train_shapes_model.py --out /tmp/shapes-train [--install]
+    python -m lab.recipe.train_shapes_model --out /tmp/shapes-train [--install]
 
 The defaults are a recipe that trains the model from scratch in 45 minutes on two cores (measured:
 43.3); the result draws colour and shape right for 86 % of held-out prompts (seed 1: 73 %; bench/RESULTS.md, "From
@@ -14,7 +14,7 @@ recipe at small scale:
    latents. Cheaper per image than stage 1 and it is what brings back the shapes' corners (in the
    pilots 600 + 400 VAE steps gave back 78 % of the shapes, 500 decoder steps more 95 %). With a UNet
    stage it runs beside it, in a process of its own, each on one thread until the decoder is done:
-   the UNet's small convolutions gain little from a second thread (bench/stage_threads.py).
+   the UNet's small convolutions gain little from a second thread (lab/recipe/stage_threads.py).
 3. Text encoder + UNet, trained together (there is no pretrained CLIP here) on ε-prediction MSE with
    uniform timesteps on SD's scaled-linear schedule, min-SNR-5 weights; captions are dropped 10% of the
    time so classifier-free guidance works. Batch 16: with only about 2,200 distinct images, the number
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -40,12 +39,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth import shapes  # noqa: E402
-from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer  # noqa: E402
-from lib_smooth.backends.diffusers_backend import DiffusersBackend, _alphas_cumprod  # noqa: E402
-from lib_smooth.backends.shapes_model import DESCRIPTION, DIFFUSERS_DIR, IMAGE_SIZE, TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG  # noqa: E402
-from lib_smooth.backends.tiny import SCHEDULER  # noqa: E402
+from lab import shapes
+from lib_smooth.backends.clip_tokenizer import write_clip_tokenizer
+from lib_smooth.backends.diffusers_backend import DiffusersBackend, _alphas_cumprod
+from lib_smooth.backends.shapes_model import DESCRIPTION, DIFFUSERS_DIR, IMAGE_SIZE, TEXT_ENCODER_CONFIG, UNET_CONFIG, VAE_CONFIG
+from lib_smooth.testing import SCHEDULER
 
 CAPTION_DROPOUT = 0.1
 
@@ -193,7 +191,7 @@ def decoder_worker(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Te
 def start_decoder_beside(vae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, steps: int, seed: int, latent_noise: float, out: Path):
     """Start the decoder stage beside the UNet stage. Both need only the frozen encoder's latents, and on
     two cores the pair goes faster side by side on one thread each than one after the other on two: the
-    UNet's small 8×8 convolutions gain little from a second thread (bench/stage_threads.py)."""
+    UNet's small 8×8 convolutions gain little from a second thread (lab/recipe/stage_threads.py)."""
     process = torch.multiprocessing.get_context("spawn").Process(
         target=decoder_worker, args=(vae, latents, images, steps, seed, latent_noise, str(out)), daemon=True
     )
@@ -425,7 +423,7 @@ def main() -> None:
         torch.set_num_threads(threads)
     timings["decoder_and_denoiser_s" if decoder else "denoiser_s"] = time.perf_counter() - start
 
-    from lib_smooth.backends.tiny import save_diffusers_folder
+    from lib_smooth.testing import save_diffusers_folder
 
     # DiffusersBackend casts the modules in place: save in fp16, then evaluate in fp32 as users run it.
     half = DiffusersBackend(unet, vae, [text_encoder], [tokenizer], _alphas_cumprod(SCHEDULER), "eps", "sd1", dtype=torch.float16)

@@ -1,6 +1,6 @@
 """How precise must the latents be for the VAE to draw the right shape, and how precise are the UNet's?
 
-Every caption of lib_smooth.shapes names exactly one image, so a perfect text-to-image model would
+Every caption of lab.shapes names exactly one image, so a perfect text-to-image model would
 produce that image's latents exactly. On held-out images (data seed 1) this measures, in units of the
 latents' standard deviation:
 
@@ -11,7 +11,7 @@ latents' standard deviation:
    latents;
 3. two yardsticks: the distance to another held-out image, and to the same image with another shape.
 
-    python bench/latent_precision.py [--model PATH] [--images 200]
+    python -m lab.recipe.latent_precision [--model PATH] [--images 200]
 """
 
 from __future__ import annotations
@@ -19,19 +19,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth import shapes  # noqa: E402
-from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.images import pil_to_tensor, tensor_to_pils  # noqa: E402
-from lib_smooth.metrics import psnr  # noqa: E402
-from lib_smooth.regularizer import predict_x0  # noqa: E402
-
-from train_shapes_model import sample_latents  # noqa: E402
+from lab import shapes
+from lab.recipe.train_shapes_model import sample_latents
+from lib_smooth.backends import open_model
+from lib_smooth.images import pil_to_tensor, tensor_to_pils
+from lib_smooth.metrics import psnr
+from lib_smooth.regularizer import predict_x0
 
 SIZE = 64
 

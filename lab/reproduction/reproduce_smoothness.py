@@ -1,8 +1,8 @@
 """Small-scale reproduction of Smooth Diffusion's Tables 1–4 on the embedded shapes-sd1 model.
 
-    python bench/reproduce_smoothness.py [--work /tmp/smoothness] [--quick]
+    python -m lab.reproduction.reproduce_smoothness [--work /tmp/smoothness] [--quick]
 
-Fine-tunes LoRAs on the model's own training data (lib_smooth.shapes) with bench/lora_loop.py:
+Fine-tunes LoRAs on the model's own training data (lab.shapes) with lab/reproduction/lora_loop.py:
 λ = 0 (plain LoRA), 0.1, 1 (Smooth-LoRA), 10 at rank 8, and ranks 4 and 16 at λ = 1, each with
 several seeds; then measures every LoRA (and the base model) the way the paper does, at our scale:
 
@@ -13,7 +13,7 @@ several seeds; then measures every LoRA (and the base model) the way the paper d
   held-out prompts and a Fréchet distance between detector features of samples and of real images.
 
 Finished runs are kept in --work, so an interrupted reproduction resumes. Writes
-bench/results/smoothness.json and the plots in bench/results/ (matplotlib, `pip install matplotlib`).
+lab/reproduction/results/smoothness.json and the plots in lab/reproduction/results/ (matplotlib, `pip install matplotlib`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import functools
 import json
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,18 +32,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib_smooth import shapes  # noqa: E402
-from lib_smooth.backends import open_model  # noqa: E402
-from lib_smooth.evaluate import evaluate_istd  # noqa: E402
-from lib_smooth.images import pil_to_tensor, tensor_to_pils  # noqa: E402
-from lib_smooth.invert import invert_image, reconstruct  # noqa: E402
-from lib_smooth.jobs import lora_applied  # noqa: E402
-from lib_smooth.lora_formats import save_kohya  # noqa: E402
-from lib_smooth.metrics import reconstruction_metrics  # noqa: E402
-
-from lora_loop import LoraRun, settling_step, train_lora  # noqa: E402
-from train_shapes_model import draw  # noqa: E402
+from lab import shapes
+from lab.recipe.train_shapes_model import draw
+from lab.reproduction.lora_loop import LoraRun, settling_step, train_lora
+from lib_smooth.backends import open_model
+from lib_smooth.evaluate import evaluate_istd
+from lib_smooth.images import pil_to_tensor, tensor_to_pils
+from lib_smooth.invert import invert_image, reconstruct
+from lib_smooth.jobs import lora_applied
+from lib_smooth.lora_formats import save_kohya
+from lib_smooth.metrics import reconstruction_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 64

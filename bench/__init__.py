@@ -1,0 +1,1 @@
+"""Performance benchmarks of the product (``python -m bench.<script>``); results in bench/results/."""
