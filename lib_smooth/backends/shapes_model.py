@@ -24,7 +24,7 @@ CHECKPOINT = MODELS_DIR / "Stable-diffusion" / "shapes-sd1.safetensors"
 # a relative path resolves against the WebUI's working directory, its root.
 WEBUI_TEXT_ENCODER_DIR = "models/Stable-diffusion/shapes-sd1-clip"
 DESCRIPTION = (
-    "shapes-sd1: the embedded small SD1-architecture model trained on lab.shapes "
+    "shapes-sd1: the embedded small SD1-architecture model trained on procedurally drawn coloured shapes "
     "(64 px, captions like 'a large red circle in the centre on a blue background')"
 )
 IMAGE_SIZE = 64
