@@ -144,7 +144,14 @@ class StepwiseVariationRegularizer:
     """
 
     def __init__(
-        self, weight: float = 1.0, ema_decay: float = 0.01, interval: int = 1, batch_shrink: int = 1, method: str = "vjp", fd_step: float = 1e-2
+        self,
+        weight: float = 1.0,
+        ema_decay: float = 0.01,
+        interval: int = 1,
+        batch_shrink: int = 1,
+        method: str = "vjp",
+        fd_step: float = 1e-2,
+        warm_start: bool = False,
     ):
         check_options(weight, ema_decay, interval, batch_shrink, method)
         self.weight, self.ema_decay, self.interval, self.batch_shrink, self.method, self.fd_step = (
@@ -155,6 +162,11 @@ class StepwiseVariationRegularizer:
             method,
             fd_step,
         )
+        # The official code starts a at 0, and a needs ≈ 1/decay updates to reach the mean r: until then
+        # a < mean r and the penalty shrinks every step instead of evening the steps out. A warm start
+        # takes the first regularized batch's mean r as a's starting value, so the run is settled from the
+        # first step (an option; the default is the official cold start).
+        self.warm_start = warm_start
         self.target_a = 0.0
         self.calls = 0
         self.updates = 0
@@ -183,6 +195,8 @@ class StepwiseVariationRegularizer:
             raise ValueError(f"method={self.method!r} with batch_shrink={self.batch_shrink} needs x0_fn (an extra forward on a subset)")
         r = self.variation(x0_pred, noisy_latents, alphas_cumprod_t, direction, x0_fn)
         mean_r = _global_mean(r.mean())
+        if self.warm_start and self.updates == 0:
+            self.target_a = float(mean_r.detach())
         a = self.target_a + self.ema_decay * (mean_r - self.target_a)
         penalty = self.weight * self.interval * ((r - a) ** 2).mean()
         self.target_a = float(a.detach())
@@ -228,6 +242,7 @@ class StepwiseVariationRegularizer:
             "interval": str(self.interval),
             "batch_shrink": str(self.batch_shrink),
             "method": self.method,
+            "warm_start": str(self.warm_start),
         }
 
 

@@ -316,3 +316,23 @@ def test_settings_that_break_the_regularizer_are_refused(setting, message):
     with pytest.raises(UnsupportedTrainingSetting, match=message):
         check_training_settings(**setting)
     check_training_settings(method="vjp", dropout=True)  # one backward through one mask: fine
+
+
+def test_warm_start_takes_the_first_batchs_mean_variation_as_the_target():
+    model, t = ToyUNet(seed=4), torch.tensor([100, 600])
+    alphas = torch.tensor([0.9, 0.3], dtype=torch.float64)
+    x_t = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64, requires_grad=True)
+    y = default_direction(x_t.detach(), torch.Generator().manual_seed(8))
+    r = brute_force_r(model, x_t.detach(), t, alphas, "eps", y)
+    x0 = lambda: predict_x0(model(x_t, t), x_t, alphas, "eps")  # noqa: E731
+    cold, warm = StepwiseVariationRegularizer(ema_decay=0.01), StepwiseVariationRegularizer(ema_decay=0.01, warm_start=True)
+    cold_penalty, cold_stats = cold(x0(), x_t, alphas, direction=y)
+    warm_penalty, warm_stats = warm(x0(), x_t, alphas, direction=y)
+    assert cold_stats["target_a"] == pytest.approx(0.01 * float(r.mean()))  # official: a ← 0 + 0.01·(mean r − 0)
+    assert warm_stats["target_a"] == pytest.approx(float(r.mean()))  # warm: a starts at mean r and stays there
+    assert float(warm_penalty) == pytest.approx(float(((r - r.mean()) ** 2).mean()))  # the spread of r alone
+    assert float(cold_penalty) > float(warm_penalty)
+    # later steps are the ordinary EMA from there
+    _, second = warm(x0(), x_t, alphas, direction=y)
+    assert second["target_a"] == pytest.approx(float(r.mean()))
+    assert warm.settings()["warm_start"] == "True" and cold.settings()["warm_start"] == "False"

@@ -185,6 +185,8 @@ def test_state_registered_and_metadata_written():
     trainer.update_metadata(metadata, args)
     assert metadata["ss_base"] == "yes" and metadata["ss_smooth_lambda"] == "0.5" and metadata["ss_smooth_interval"] == "3"
     assert metadata["ss_smooth_method"] == "vjp" and metadata["ss_smooth_ema_decay"] == "0.01"
+    assert metadata["ss_smooth_warm_start"] == "False"
+    assert Trainer()._regularizer(make_args(smooth_warm_start=True)).warm_start is True
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,12 @@ def add_smooth_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--smooth_ema_decay", type=float, default=0.01, help="decay of the moving target a (official code: 0.01)")
     group.add_argument(
+        "--smooth_warm_start",
+        action="store_true",
+        help="start the moving target a at the first regularized batch's mean variation instead of 0 (official: 0, which needs "
+        "≈ 1/decay steps to settle)",
+    )
+    group.add_argument(
         "--smooth_interval", type=int, default=1, help="regularize every k-th micro-step with weight λ·k (lazy regularization; official: 1)"
     )
     group.add_argument(
@@ -163,7 +169,12 @@ class SmoothRegularizerMixin:
     def _regularizer(self, args) -> StepwiseVariationRegularizer:
         if self.smooth is None:
             self.smooth = StepwiseVariationRegularizer(
-                args.smooth_lambda, args.smooth_ema_decay, args.smooth_interval, args.smooth_batch_shrink, args.smooth_method
+                args.smooth_lambda,
+                args.smooth_ema_decay,
+                args.smooth_interval,
+                args.smooth_batch_shrink,
+                args.smooth_method,
+                warm_start=bool(getattr(args, "smooth_warm_start", False)),
             )
         return self.smooth
 
