@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run an interpolation and an inversion on a built-in model and write GIFs, PNGs and report.json",
+        help="interpolations and an inversion on the embedded model, plain vs its Smooth-LoRA side by side (GIFs, report.json, index.html)",
         description="Runs seed-to-seed and prompt-to-prompt interpolations, an image-to-image interpolation through inversion "
-        "and an inversion + reconstruction, then writes GIFs, PNGs, report.json and index.html.",
+        "and an inversion + reconstruction, each on the plain model and with a Smooth-LoRA side by side, then writes GIFs, "
+        "strips of frames, distance plots, report.json and index.html.",
     )
     _add_model_options(demo)
     demo.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
@@ -100,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance", type=float, default=5.0, help="classifier-free guidance (default: 5; the built-in model draws its prompts as well at 3 to 7.5)"
     )
     demo.add_argument("--size", type=int, default=64, help="image size in pixels (default: 64, the built-in model's size)")
-    demo.add_argument("--lora", help="Smooth-LoRA file to apply")
+    demo.add_argument(
+        "--lora",
+        help="Smooth-LoRA file to compare the plain model with (default: the shapes-sd1 Smooth-LoRA shipped in lib_smooth/models/Lora "
+        "when no --model is given; 'none': the plain model only)",
+    )
     demo.add_argument("--lora-weight", type=float, default=1.0, help="LoRA multiplier (default: 1)")
 
     for name, cls in JOBS.items():

@@ -21,18 +21,35 @@ def test_every_job_option_is_documented():
         assert subparsers[name].format_help()
 
 
-def test_demo_writes_gifs_pngs_report_and_index(tmp_path, capsys):
+def test_demo_shows_plain_and_smooth_lora_side_by_side(tmp_path, capsys):
+    from lib_smooth.backends.shapes_model import SMOOTH_LORA
+
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "3", "--frames", "4"]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["lora"]["file"] == SMOOTH_LORA.name and len(report["lora"]["sha256"]) == 64
     assert set(report["interpolations"]) == {"seeds", "prompts", "images"}
     for item in report["interpolations"].values():
-        assert (out / item["gif"]).is_file() and item["smoothness"]["istd"] >= 0
-    assert len(list((out / "frames_seeds").glob("*.png"))) == 4
-    assert (out / "inversion_reconstruction.png").is_file() and "psnr" in report["inversion"]["metrics"]
-    assert "shapes-sd1" in report["model"] and (out / "index.html").read_text().count("<figure>") == 4
+        for variant in ("plain", "smooth"):
+            assert (out / item[variant]["gif"]).is_file() and (out / item[variant]["strip"]).is_file()
+            assert set(item[variant]["smoothness"]) >= {"istd", "normalized_istd", "max_step_ratio", "mean_step", "distances"}
+        assert item["plain"]["sidecar"]["lora"] is None and item["smooth"]["sidecar"]["lora"]["name"] == SMOOTH_LORA.name
+        assert item["plain"]["smoothness"]["distances"] != item["smooth"]["smoothness"]["distances"]  # the LoRA changes the frames
+        assert (out / item["plot"]).is_file()
+    assert len(list((out / "frames_seeds_plain").glob("*.png"))) == 4 and len(list((out / "frames_seeds_smooth").glob("*.png"))) == 4
+    assert set(report["inversion"]) == {"plain", "smooth"} and "psnr" in report["inversion"]["smooth"]["metrics"]
+    page = (out / "index.html").read_text()
+    assert "shapes-sd1" in report["model"] and page.count("<figure>") == 3 * 3 + 2 and SMOOTH_LORA.name in page
     captured = capsys.readouterr()
-    assert "shapes-sd1" in captured.err and "report.json" in captured.out
+    assert "shapes-sd1" in captured.err and "report.json" in captured.out and "Smooth-LoRA ISTD" in captured.out
+
+
+def test_demo_without_a_lora_runs_the_plain_model_only(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2", "--frames", "3", "--lora", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["lora"] is None and all(set(item) == {"plain", "plot"} for item in report["interpolations"].values())
+    assert main(["demo", "--out", str(out), "--lora", str(tmp_path / "missing.safetensors")]) == 2
 
 
 def test_interpolate_and_istd_commands(tmp_path, capsys):

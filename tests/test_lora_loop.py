@@ -39,7 +39,7 @@ def test_trained_lora_file_reproduces_the_trained_model(sd1, tmp_path):
     assert all(layer.up.abs().sum() > 0 for layer in network.layers.values())
     path = save_kohya(network, tmp_path / "smooth.safetensors")
     loaded = load_lora(path)
-    assert loaded.metadata["smooth_weight"] == "1.0" and loaded.arch == "sd1"
+    assert loaded.metadata["ss_smooth_lambda"] == "1.0" and loaded.metadata["ss_smooth_warm_start"] == "False" and loaded.arch == "sd1"
 
     import copy
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lib_smooth.errors import Interrupted, SmoothDiffusionError
+from lib_smooth.plots import distance_plot
 from lib_smooth.webui.generation import add_lora_to_prompts, parse_infotext
-from lib_smooth.webui.ui import _distance_plot, infotext
+from lib_smooth.webui.ui import infotext
 
 
 class FakeNetwork:
@@ -270,7 +271,7 @@ def test_infotext_round_trips():
 def test_distance_plot_draws_each_model():
     smooth = {"mean": {"distances": [1.0, 1.1, 1.0], "mean_step": 1.03}}
     plain = {"mean": {"distances": [1.0, 3.0, 1.5], "mean_step": 1.83}}
-    image = _distance_plot([("with LoRA", smooth), ("without LoRA", plain)])
+    image = distance_plot([(name, r["mean"]["distances"], r["mean"]["mean_step"]) for name, r in (("with LoRA", smooth), ("without LoRA", plain))])
     assert image.size == (640, 360)
     dark = lambda box: sum(1 for r, g, b in image.crop(box).getdata() if r + g + b < 200)  # noqa: E731
     assert dark((0, 70, 62, 320)) > 20 and dark((72, 314, 640, 330)) > 10  # values on the y and the x axis

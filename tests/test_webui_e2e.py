@@ -559,6 +559,22 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
             )
             assert status == 200, body
             assert np.abs(image(body["images"][0]).astype(np.float64) - expected_long).mean() < 2.0
+            # the Smooth-LoRA shipped for it, copied into the Lora folder as README says: the WebUI's frames
+            # are lib_smooth's frames
+            from lib_smooth.backends.shapes_model import SMOOTH_LORA
+            from lib_smooth.jobs import run_interpolate
+            from lib_smooth.requests import InterpolateRequest
+
+            shutil.copy(SMOOTH_LORA, root / "loras" / SMOOTH_LORA.name)
+            request = {"prompt_a": spec.caption, "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 10, "guidance": 5.0}
+            status, body = call(webui, "/smooth-diffusion/v1/interpolate", dict(request, lora=SMOOTH_LORA.stem))
+            assert status == 200, body
+            by_lib = run_interpolate(backend, InterpolateRequest(**request, lora=str(SMOOTH_LORA))).frames
+            plain = run_interpolate(backend, InterpolateRequest(**request)).frames
+            for webui_frame, lib_frame, plain_frame in zip(body["frames"], by_lib, plain):
+                webui_frame = image(webui_frame).astype(np.float64)
+                assert np.abs(webui_frame - np.asarray(lib_frame, dtype=np.float64)).mean() < 2.0
+                assert np.abs(np.asarray(lib_frame, dtype=np.float64) - np.asarray(plain_frame, dtype=np.float64)).max() > 0
         finally:
             stop(process)
     finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -35,10 +35,11 @@ class LoraRun:
     batch: int = 16
     learning_rate: float = 1e-3
     ema_decay: float = 0.01
+    warm_start: bool = False  # start the target a at the first batch's mean r (the official code: at 0)
 
     @property
     def name(self) -> str:
-        return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}"
+        return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}" + ("_warm" if self.warm_start else "")
 
 
 class LoraLinear(nn.Module):
@@ -79,8 +80,27 @@ def to_network(layers: Dict[str, LoraLinear], run: LoraRun, metadata: Dict[str, 
             for path, layer in layers.items()
         },
         "kohya",
-        {**metadata, **{f"smooth_{k}": str(v) for k, v in asdict(run).items()}},
+        {**metadata, **run_metadata(run)},
     )
+
+
+def run_metadata(run: LoraRun) -> Dict[str, str]:
+    """The kohya trainer's metadata keys for the same settings (ss_smooth_* as train/smooth_common.py writes)."""
+    return {
+        "ss_smooth_lambda": str(run.weight),
+        "ss_smooth_ema_decay": str(run.ema_decay),
+        "ss_smooth_interval": "1",
+        "ss_smooth_batch_shrink": "1",
+        "ss_smooth_method": "vjp",
+        "ss_smooth_warm_start": str(run.warm_start),
+        "ss_smooth_regularizer": "lib_smooth step-wise variation (Smooth Diffusion, CVPR 2024)",
+        "ss_network_alpha": str(run.rank),
+        "ss_learning_rate": str(run.learning_rate),
+        "ss_max_train_steps": str(run.steps),
+        "ss_seed": str(run.seed),
+        "ss_total_batch_size": str(run.batch),
+        "ss_training_comment": "trained by lab/reproduction/lora_loop.py (the LoRA loop for models sd-scripts cannot load)",
+    }
 
 
 def train_lora(
@@ -105,7 +125,7 @@ def train_lora(
     layers = add_lora(model, run.rank)
     parameters = lora_parameters(layers)
     optimizer = torch.optim.AdamW(parameters, lr=run.learning_rate, weight_decay=1e-2)  # the official run's AdamW defaults
-    regularizer = StepwiseVariationRegularizer(weight=run.weight, ema_decay=run.ema_decay) if run.weight > 0 else None
+    regularizer = StepwiseVariationRegularizer(weight=run.weight, ema_decay=run.ema_decay, warm_start=run.warm_start) if run.weight > 0 else None
     log = []
     with double_backward_attention():
         for step in range(run.steps):

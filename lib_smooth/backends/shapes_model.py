@@ -33,6 +33,11 @@ IMAGE_SIZE = 64
 CIRCLE_CAPTION = "a large red circle in the centre on a blue background"
 SQUARE_CAPTION = "a large green square in the centre on a yellow background"
 DEMO_IMAGE = MODELS_DIR / "demo" / "red-circle.png"
+# The LoRAs trained for it (lab/reproduction/train_shipped_loras.py): a Smooth-LoRA and its plain control,
+# as kohya files; copy them into the WebUI's models/Lora.
+LORA_DIR = MODELS_DIR / "Lora"
+SMOOTH_LORA = LORA_DIR / "shapes-sd1-smooth.safetensors"
+PLAIN_LORA = LORA_DIR / "shapes-sd1-plain.safetensors"
 
 TEXT_ENCODER_CONFIG = dict(
     vocab_size=VOCAB_SIZE,

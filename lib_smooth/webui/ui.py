@@ -8,6 +8,7 @@ ETA, live preview and Interrupt work as in txt2img.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 from pathlib import Path
 from typing import List
@@ -16,6 +17,8 @@ from .. import __version__
 from ..export import write_animation, write_json
 from ..images import png_bytes
 from ..metrics import EXPLANATIONS
+from ..metrics import smoothness as sequence_smoothness
+from ..plots import distance_plot
 from ..requests import EditRequest, InterpolateRequest, InvertRequest, IstdRequest, field_meta, type_name, validate
 from .api import execute
 
@@ -150,6 +153,7 @@ def interpolate(
     inversion,
     width,
     height,
+    compare=False,
 ):
     encode = lambda img: base64.b64encode(png_bytes(img)).decode() if img is not None else None  # noqa: E731
     request = validate(
@@ -173,7 +177,22 @@ def interpolate(
     result = execute("interpolate", request)
     folder = save_run("interpolate", {}, result["sidecar"], result["frames"])
     animation = next((str(p) for p in sorted(folder.glob("interpolation.*")) if p.suffix in (".gif", ".webp")), None)
-    return result["frames"], animation, infotext(result["sidecar"]), f"<p>Saved to {folder}</p>"
+    runs = [("with LoRA" if request.lora else "checkpoint", result["frames"])]
+    plain_frames = None
+    if compare and request.lora:  # the same ends, seeds and prompts without the LoRA: the LoRA is the only difference
+        plain_frames = execute("interpolate", dataclasses.replace(request, lora=None))["frames"]
+        runs.append(("without LoRA", plain_frames))
+    figures = [(name, sequence_smoothness(frames)) for name, frames in runs]
+    plot = distance_plot([(name, s.distances, s.mean_step) for name, s in figures])
+    return result["frames"], animation, infotext(result["sidecar"]), plain_frames, plot, _comparison_html(figures) + f"<p>Saved to {folder}</p>"
+
+
+def _comparison_html(figures) -> str:
+    """ISTD and its companions of each run, one row per run."""
+    keys = ("istd", "normalized_istd", "max_step_ratio", "mean_step")
+    header = "".join(f"<th title='{EXPLANATIONS[key]}'>{key}</th>" for key in keys)
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{getattr(s, key):.4g}</td>" for key in keys) + "</tr>" for name, s in figures)
+    return f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
 
 
 def invert_or_edit(
@@ -233,62 +252,9 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
         f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
         f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>"
     )
-    plot = _distance_plot(reports)
+    plot = distance_plot([(name, report["mean"]["distances"], report["mean"]["mean_step"]) for name, report in reports])
     save_run("istd", {"distances": plot}, dict(result["sidecar"], report={name: r for name, r in reports}))
     return plot, html
-
-
-def _font(size: int):
-    """A scalable font where Pillow has one built in (≥ 10.1); its small bitmap font otherwise."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def _distance_plot(reports):
-    """Adjacent-frame distances per step (mean over sequences), one line per model, each mean step dashed;
-    values on both axes, and title and legend in a band above the plot area (the image's label badge
-    covers the top-left corner)."""
-    from PIL import Image, ImageDraw
-
-    width, height = 640, 360
-    left, right, top, bottom = 70, 20, 76, 48
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    text, small = _font(15), _font(12)
-    values = [v for _, r in reports for v in r["mean"]["distances"]]
-    highest = max(values) * 1.1 if values and max(values) > 0 else 1.0
-    steps = len(reports[0][1]["mean"]["distances"])
-    x = lambda i: left + i * (width - left - right) / max(steps - 1, 1)  # noqa: E731
-    y = lambda v: height - bottom - v / highest * (height - top - bottom)  # noqa: E731
-    title = "Adjacent-frame L2 distance per step (dashed: each model's mean step)"
-    draw.text(((width - draw.textlength(title, font=text)) / 2, 26), title, fill="black", font=text)
-    draw.line([(left, height - bottom), (width - right, height - bottom)], fill="black")
-    draw.line([(left, top), (left, height - bottom)], fill="black")
-    draw.text((4, top - 18), "L2 distance", fill="black", font=small)
-    for fraction in (0.0, 0.5, 1.0):
-        value = highest * fraction
-        draw.line([(left - 4, y(value)), (left, y(value))], fill="black")
-        label = f"{value:.3g}"
-        draw.text((left - 8 - draw.textlength(label, font=small), y(value) - 7), label, fill="black", font=small)
-    for i in range(steps):
-        draw.line([(x(i), height - bottom), (x(i), height - bottom + 4)], fill="black")
-        draw.text((x(i) - 4, height - bottom + 6), str(i + 1), fill="black", font=small)
-    axis = "step between frames"
-    draw.text(((width - draw.textlength(axis, font=small)) / 2, height - 20), axis, fill="black", font=small)
-    for index, ((name, report), colour) in enumerate(zip(reports, ("#d62728", "#1f77b4"))):
-        points = [(x(i), y(v)) for i, v in enumerate(report["mean"]["distances"])]
-        draw.line(points, fill=colour, width=2, joint="curve")
-        mean = y(report["mean"]["mean_step"])
-        for start in range(left, width - right, 12):
-            draw.line([(start, mean), (start + 6, mean)], fill=colour)
-        legend_x = width - right - 330 + index * 170
-        draw.line([(legend_x, 56), (legend_x + 22, 56)], fill=colour, width=2)
-        draw.text((legend_x + 28, 48), name, fill=colour, font=text)
-    return image
 
 
 def slider(cls: type, name: str, label: str, value=None, step=None, **extra):
@@ -395,13 +361,20 @@ def build_tab():
                             info="null-text: official demo's default, ≈ 10× slower inversion, far better reconstruction",
                         )
                         width, height = _size_row()
+                        compare = gr.Checkbox(
+                            label="Also without the LoRA (side by side, same seeds and prompts)", value=False, elem_id="smooth_diffusion_compare"
+                        )
                         with gr.Row():
                             go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
                             _interrupt_button("interpolate")
                     with gr.Column():
                         gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 4, with_animation=True)
+                        gallery_plain = gr.Gallery(
+                            label="Without the LoRA", elem_id="smooth_diffusion_gallery_plain", columns=4, object_fit="contain"
+                        )
+                        distances = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_interpolate_plot")
                 go.click(
-                    fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, ""]),
+                    fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, "", None, None]),
                     inputs=[
                         task_id,
                         lora,
@@ -420,8 +393,9 @@ def build_tab():
                         inversion,
                         width,
                         height,
+                        compare,
                     ],
-                    outputs=[gallery, animation, info, log],
+                    outputs=[gallery, animation, info, gallery_plain, distances, log],
                     **_submit_kwargs("smoothDiffusionSubmitInterpolate"),
                 )
             with gr.Tab("Inversion & editing", elem_id="smooth_diffusion_inversion_tab"):
