@@ -81,6 +81,16 @@ def fake_webui(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "modules", modules)
     monkeypatch.setitem(sys.modules, "modules.shared", modules.shared)
     monkeypatch.setitem(sys.modules, "modules.sd_samplers_common", modules.sd_samplers_common)
+    # the rest of what an AUTOMATIC1111 host provides (lib_smooth.webui.host checks for it)
+    modules.shared.opts = types.SimpleNamespace()
+    for name, attributes in (
+        ("devices", ("autocast", "device")),
+        ("sd_models", ("apply_alpha_schedule_override",)),
+        ("prompt_parser", ("SdConditioning",)),
+    ):
+        fake = types.SimpleNamespace(**{attribute: None for attribute in attributes})
+        setattr(modules, name, fake)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", fake)
     return networks, modules
 
 
@@ -278,3 +288,20 @@ def test_distance_plot_draws_each_model():
     assert dark((80, 22, 560, 46)) > 50  # the title, in the band above the plot area
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 16)}
     assert (0xD6, 0x27, 0x28) in colours and (0x1F, 0x77, 0xB4) in colours
+
+
+def test_the_host_is_detected_and_an_unsupported_one_is_told_what_is_missing(fake_webui, monkeypatch):
+    from lib_smooth.webui import host
+
+    assert host.unsupported_reason() is None
+    monkeypatch.setitem(sys.modules, "modules.prompt_parser", None)  # an SD.Next-like host without it
+    assert host.missing_pieces() == ["modules.prompt_parser"]
+    with pytest.raises(host.UnsupportedHost, match=r"lacks modules.prompt_parser — use AUTOMATIC1111 1.10"):
+        host.open_backend()
+    monkeypatch.setitem(sys.modules, "modules.prompt_parser", types.SimpleNamespace(SdConditioning=list))
+    monkeypatch.setitem(sys.modules, "modules_forge", types.ModuleType("modules_forge"))
+    assert "does not support WebUI Forge yet" in host.unsupported_reason()
+    p = _generation(fake_webui, ["a cat"])
+    add_lora_to_prompts(p, True, "smooth", 1.0)  # the accordion in Forge: refused with the reason, not a traceback
+    with pytest.raises(Exception, match="does not support WebUI Forge yet"):
+        p.sample()

@@ -75,9 +75,9 @@ def execute(name: str, request) -> dict:
 
 def _execute(name: str, request, progress: Callable) -> dict:
     from ..jobs import run_job as run
-    from .backend import WebUIBackend
+    from .host import open_backend
 
-    result = run(name, WebUIBackend(), request, _CACHE, progress)  # the backend resolves `lora` as a Lora-folder name
+    result = run(name, open_backend(), request, _CACHE, progress)  # the backend resolves `lora` as a Lora-folder name
     if name == "interpolate":
         return {"frames": result.frames, "sidecar": result.sidecar}
     if name in ("invert", "edit"):

@@ -24,12 +24,16 @@ def add_lora_to_prompts(p, *args) -> None:
     without the LoRA."""
     from ..errors import SmoothDiffusionError
     from ..requests import AccordionRequest, from_args
+    from .host import UnsupportedHost, unsupported_reason
     from .lora import checked_name
 
     try:
         request = from_args(AccordionRequest, [None if value == NONE else value for value in args])
         if not request.enabled or not request.lora:
             return
+        reason = unsupported_reason()
+        if reason:
+            raise UnsupportedHost(reason)
         name = checked_name(request.lora, p.sd_model)
     except SmoothDiffusionError as error:
         refuse(p, error)
@@ -88,10 +92,10 @@ def smooth_inversion_sampler(p, request) -> Callable:
     from ..errors import SmoothDiffusionError
     from ..invert import invert_image, reconstruct
     from .api import webui_progress
-    from .backend import WebUIBackend
+    from .host import open_backend
 
     def sample(conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
-        backend, progress = WebUIBackend(p.sd_model), webui_progress("smooth inversion")
+        backend, progress = open_backend(p.sd_model), webui_progress("smooth inversion")
         target = prompts[0]  # the img2img prompt with extra-network tags already removed
         source, switch_ratio, mode = request.source_prompt.strip() or target, request.switch_ratio, request.inversion
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import html
 from pathlib import Path
 from typing import List
 
@@ -314,14 +315,12 @@ def build_tab():
     import gradio as gr
     from modules.call_queue import wrap_gradio_gpu_call
 
-    from .backend import is_forge
+    from .host import unsupported_reason
 
     with gr.Blocks(analytics_enabled=False) as tab:
-        if is_forge():
-            gr.HTML(
-                "<h3>Smooth Diffusion does not support WebUI Forge yet.</h3><p>Its model objects differ from AUTOMATIC1111's; "
-                "use AUTOMATIC1111 stable-diffusion-webui 1.10 or the command line (python -m lib_smooth).</p>"
-            )
+        reason = unsupported_reason()
+        if reason:  # a clear message in the tab instead of a traceback at start-up
+            gr.HTML(f"<h3>Smooth Diffusion cannot run in this WebUI.</h3><p>{html.escape(reason)}</p>")
             return [(tab, "Smooth Diffusion", TAB_ID)]
         with gr.Row(elem_id="smooth_diffusion_lora_row"):
             default = _opt("smooth_diffusion_default_lora", NONE)

@@ -1,4 +1,4 @@
-"""lib_smooth's Backend protocol over the WebUI's loaded model (SD1.x, SD2.x incl. v-prediction, SDXL).
+"""The AUTOMATIC1111 host: lib_smooth's Backend protocol over the WebUI's loaded model (SD1.x, SD2.x incl. v-prediction, SDXL).
 
 The UNet is called through the model's ``apply_model`` and the VAE through ``encode`` / ``decode_first_stage``
 — never their inner modules — so the --medvram / --lowvram wrappers that move each model to the GPU
@@ -35,28 +35,13 @@ def posterior_mode() -> Iterator[None]:
         distributions.DiagonalGaussianDistribution.sample = original
 
 
-class UnsupportedHost(SmoothDiffusionError):
-    """The running WebUI (e.g. Forge) does not expose what the extension needs."""
-
-
-def is_forge() -> bool:
-    try:
-        import modules_forge  # noqa: F401 - only Forge ships it
-
-        return True
-    except ImportError:
-        return False
-
-
-class WebUIBackend:
+class Automatic1111Backend:
     latent_channels = 4
     vae_scale = 8
 
     def __init__(self, sd_model=None):
         from modules import devices, sd_models, shared
 
-        if is_forge():
-            raise UnsupportedHost("Smooth Diffusion does not support WebUI Forge yet: its model objects differ from AUTOMATIC1111's")
         self.model = sd_model if sd_model is not None else shared.sd_model
         if self.model is None:
             raise SmoothDiffusionError("no checkpoint is loaded: pick one in the checkpoint dropdown first")
