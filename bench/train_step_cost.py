@@ -2,8 +2,10 @@
 
 Model: the embedded shapes-sd1 UNet (or --model) with lab/reproduction/lora_loop.py's LoRA — rank 8 on the
 attention projections, the official placement; a batch of noisy latents at uniform timesteps; AdamW. Each variant
-runs in its own process so its peak RSS is its own; the table gives median step time (interval 4:
-mean over whole 4-step cycles, i.e. the amortised cost) and peak RSS above the model-only baseline.
+runs in its own process for its peak RSS (above the model-only baseline); the step times come from one process
+running the variants round-robin over several rounds (a slow spell of the machine hits all alike), each round's
+ratio against that round's plain step, reported as median and range (interval 4: mean over whole 4-step
+cycles, i.e. the amortised cost).
 
     python -m bench.train_step_cost                  # CPU, writes bench/results/train_step_cost.json
     python -m bench.train_step_cost --device cuda    # on a GPU, writes train_step_cost_cuda.json
@@ -41,22 +43,26 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, model: str | None, device: str, batch: int, size: int, rank: int, steps: int) -> dict:
-    backend, _ = open_model(model)
-    unet = backend.unet_model.to(device).train().requires_grad_(False)
-    weights_mib = torch.cuda.memory_allocated() / 2**20 if device == "cuda" else 0.0
-    optimizer = torch.optim.AdamW(lora_parameters(add_lora(unet, rank)), lr=1e-4)
-    alphas = backend.alphas_cumprod.to(device)
-    cond = backend.encode_prompts(["a red circle on a blue background"] * batch, size * 8, size * 8).to(device)
-    options = VARIANTS[name]
-    reg = StepwiseVariationRegularizer(**options) if options else None
-    g = torch.Generator(device="cpu").manual_seed(0)
-    times = []
-    for _ in range(steps):
+class Setup:
+    """The model with its LoRA, an optimizer and a fixed stream of batches: what every variant trains."""
+
+    def __init__(self, model: str | None, device: str, batch: int, size: int, rank: int):
+        backend, _ = open_model(model)
+        self.device, self.batch, self.size = device, batch, size
+        self.unet = backend.unet_model.to(device).train().requires_grad_(False)
+        self.weights_mib = torch.cuda.memory_allocated() / 2**20 if device == "cuda" else 0.0
+        self.optimizer = torch.optim.AdamW(lora_parameters(add_lora(self.unet, rank)), lr=1e-4)
+        self.alphas = backend.alphas_cumprod.to(device)
+        self.cond = backend.encode_prompts(["a red circle on a blue background"] * batch, size * 8, size * 8).to(device)
+        self.generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def step(self, reg: StepwiseVariationRegularizer | None) -> float:
+        """One training step with regularizer `reg` (None: plain LoRA); its seconds."""
+        g, device, batch, size = self.generator, self.device, self.batch, self.size
         latents = torch.randn(batch, 4, size, size, generator=g).to(device)
         noise = torch.randn(batch, 4, size, size, generator=g).to(device)
         t = torch.randint(0, 1000, (batch,), generator=g).to(device)
-        a = alphas[t].view(-1, 1, 1, 1)
+        a = self.alphas[t].view(-1, 1, 1, 1)
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -65,27 +71,73 @@ def run_variant(name: str, model: str | None, device: str, batch: int, size: int
         attention = double_backward_attention if double_backward else contextlib.nullcontext
         noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).requires_grad_(double_backward)
         with attention():
-            pred = unet(noisy, t, encoder_hidden_states=cond).sample
+            pred = self.unet(noisy, t, encoder_hidden_states=self.cond).sample
         loss = ((pred - noise) ** 2).mean()
         if reg is not None:
 
             def x0_fn(x, idx):
                 with attention():
-                    return predict_x0(unet(x, t[idx], encoder_hidden_states=cond[idx]).sample, x, alphas[t[idx]], "eps")
+                    return predict_x0(self.unet(x, t[idx], encoder_hidden_states=self.cond[idx]).sample, x, self.alphas[t[idx]], "eps")
 
-            penalty, _ = reg(predict_x0(pred, noisy, alphas[t], "eps"), noisy, alphas[t], x0_fn=x0_fn)
+            penalty, _ = reg(predict_x0(pred, noisy, self.alphas[t], "eps"), noisy, self.alphas[t], x0_fn=x0_fn)
             loss = loss + penalty
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+
+def regularizer(name: str) -> StepwiseVariationRegularizer | None:
+    options = VARIANTS[name]
+    return StepwiseVariationRegularizer(**options) if options else None
+
+
+def per_step(name: str, times: list) -> float:
+    """The median step, or for interval variants the mean over whole cycles (the amortised cost)."""
+    options = VARIANTS[name]
+    return statistics.mean(times) if options and options.get("interval", 1) > 1 else statistics.median(times)
+
+
+def run_variant(name: str, model: str | None, device: str, batch: int, size: int, rank: int, steps: int) -> dict:
+    """One variant alone in this process: its peak memory (RSS or CUDA allocation)."""
+    setup = Setup(model, device, batch, size, rank)
+    reg = regularizer(name)
+    times = [setup.step(reg) for _ in range(steps)]
     measured = times[4:]  # warm-up excluded; with interval 4 this keeps whole cycles
-    cycle = 4
-    per_step = statistics.mean(measured) if options and options.get("interval", 1) > 1 else statistics.median(measured)
-    peak = torch.cuda.max_memory_allocated() / 2**20 - weights_mib if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": name, "seconds_per_step": per_step, "peak_mib": peak, "steps_measured": len(measured) - len(measured) % cycle}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 - setup.weights_mib
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {"variant": name, "seconds_per_step": per_step(name, measured), "peak_mib": peak, "steps_measured": len(measured) - len(measured) % 4}
+
+
+def round_robin(model: str | None, device: str, batch: int, size: int, rank: int, rounds: int, steps: int) -> dict:
+    """Step times with the variants interleaved in one process: every round runs each variant `steps`
+    steps (whole interval cycles) in turn, so a slow spell of the machine hits all of them alike; each
+    round's ratio is against the plain LoRA of the same round."""
+    setup = Setup(model, device, batch, size, rank)
+    regs = {name: regularizer(name) for name in VARIANTS}
+    for name, reg in regs.items():  # warm-up: one whole cycle each
+        for _ in range(4):
+            setup.step(reg)
+    seconds = {name: [] for name in VARIANTS}
+    for _ in range(rounds):
+        for name, reg in regs.items():
+            seconds[name].append(per_step(name, [setup.step(reg) for _ in range(steps)]))
+    plain = seconds["plain LoRA"]
+    table = {}
+    for name, values in seconds.items():
+        ratios = [value / base for value, base in zip(values, plain)]
+        table[name] = {
+            "seconds_per_step_median": statistics.median(values),
+            "time_ratio_median": statistics.median(ratios),
+            "time_ratio_range": [min(ratios), max(ratios)],
+            "time_ratios": ratios,
+        }
+    return table
 
 
 def main() -> None:
@@ -95,7 +147,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--latent-size", type=int, default=8, help="latent height/width (pixels / 8)")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=28, help="steps per variant, the first 4 being warm-up")
+    parser.add_argument("--steps", type=int, default=28, help="steps of each memory run, the first 4 being warm-up")
+    parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds for the step times")
+    parser.add_argument("--round-steps", type=int, default=8, help="steps per variant and round (a multiple of 4: whole interval cycles)")
     parser.add_argument("--output", help="result file (default: bench/results/train_step_cost[_cuda].json)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
@@ -120,16 +174,23 @@ def main() -> None:
         str(args.steps),
     ]
     common += ["--model", args.model] if args.model else []
+    # memory: each variant in a process of its own, so its peak is its own (run as modules of the repository root)
+    child = [sys.executable, "-m", "bench.train_step_cost"]
+    root = Path(__file__).resolve().parents[1]
     baseline = json.loads(
-        subprocess.run([sys.executable, __file__, "--baseline", *common], stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1]
+        subprocess.run([*child, "--baseline", *common], stdout=subprocess.PIPE, text=True, check=True, cwd=root).stdout.splitlines()[-1]
     )
     rows = []
     for name in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--variant", name, *common], stdout=subprocess.PIPE, text=True, check=True)
+        out = subprocess.run([*child, "--variant", name, *common], stdout=subprocess.PIPE, text=True, check=True, cwd=root)
         rows.append(json.loads(out.stdout.splitlines()[-1]))
+    # time: all variants interleaved round-robin in this process
+    timing = round_robin(args.model, args.device, args.batch, args.latent_size, args.rank, args.rounds, args.round_steps)
     plain = rows[0]
     for row in rows:
-        row["time_ratio"] = row["seconds_per_step"] / plain["seconds_per_step"]
+        row.update(timing[row["variant"]])
+        row["seconds_per_step"] = row.pop("seconds_per_step_median")
+        row["time_ratio"] = row["time_ratio_median"]
         if args.device != "cuda":
             row["peak_mib"] -= baseline["peak_mib"]
         row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
@@ -140,6 +201,9 @@ def main() -> None:
         "batch": args.batch,
         "latent_size": args.latent_size,
         "rank": args.rank,
+        "timing": f"round-robin in one process: {args.rounds} rounds × {args.round_steps} steps per variant, after a 4-step warm-up each; "
+        "ratio = the variant's step / the plain LoRA's step of the same round (median and range over rounds)",
+        "command": "python -m bench.train_step_cost " + " ".join(sys.argv[1:]),
         "memory": "peak CUDA allocation above the UNet's weights" if args.device == "cuda" else "peak RSS above the model-only baseline",
         "rows": rows,
     }
@@ -151,9 +215,13 @@ def main() -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
-    print(f"{'variant':28s} {'s/step':>8s} {'× plain':>8s} {'MiB':>8s} {'× plain':>8s}")
+    print(f"{'variant':28s} {'s/step':>8s} {'× plain':>8s} {'range':>13s} {'MiB':>8s} {'× plain':>8s}")
     for row in rows:
-        print(f"{row['variant']:28s} {row['seconds_per_step']:8.4f} {row['time_ratio']:8.2f} {row['peak_mib']:8.1f} {row['memory_ratio']:8.2f}")
+        low, high = row["time_ratio_range"]
+        print(
+            f"{row['variant']:28s} {row['seconds_per_step']:8.4f} {row['time_ratio']:8.2f} {low:6.2f}–{high:<6.2f} "
+            f"{row['peak_mib']:8.1f} {row['memory_ratio']:8.2f}"
+        )
     print(f"wrote {path}")
 
 
