@@ -101,17 +101,18 @@ def per_step(name: str, times: list) -> float:
 
 
 def run_variant(name: str, model: str | None, device: str, batch: int, size: int, rank: int, steps: int) -> dict:
-    """One variant alone in this process: its peak memory (RSS or CUDA allocation)."""
+    """One variant alone in this process: its peak memory (RSS or CUDA allocation); the times come from
+    :func:`round_robin`."""
     setup = Setup(model, device, batch, size, rank)
     reg = regularizer(name)
-    times = [setup.step(reg) for _ in range(steps)]
-    measured = times[4:]  # warm-up excluded; with interval 4 this keeps whole cycles
+    for _ in range(steps):
+        setup.step(reg)
     peak = (
         torch.cuda.max_memory_allocated() / 2**20 - setup.weights_mib
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    return {"variant": name, "seconds_per_step": per_step(name, measured), "peak_mib": peak, "steps_measured": len(measured) - len(measured) % 4}
+    return {"variant": name, "peak_mib": peak}
 
 
 def round_robin(model: str | None, device: str, batch: int, size: int, rank: int, rounds: int, steps: int) -> dict:

@@ -91,11 +91,14 @@ def run_demo(args: argparse.Namespace) -> dict:
     # A rendered training-style image (not a generated one): inversion of a real input, as in the paper's Table 2.
     with Image.open(DEMO_IMAGE) as picture:
         source = picture.convert("RGB")
+    inverted_input = None
     for variant, path in variants.items():
         bar, update = progress_bar(f"inversion + reconstruction ({variant})")
         inversion = run_invert(backend, InvertRequest(image=source, prompt=CIRCLE_CAPTION, lora=path, **common), cache, update)
         bar.close()
-        inversion.input.save(out / "inversion_input.png")
+        if inverted_input is None:  # the same prepared input for both variants
+            inverted_input = inversion.input
+            inverted_input.save(out / "inversion_input.png")
         inversion.reconstruction.save(out / f"inversion_reconstruction_{variant}.png")
         report["inversion"][variant] = {
             "metrics": inversion.metrics,
