@@ -1,43 +1,88 @@
-"""End-to-end: the extension inside a real WebUI Forge, which it does not support yet.
+"""End-to-end: the extension inside a real WebUI Forge, driven over HTTP.
 
 Runs only when FORGE_DIR names an installed lllyasviel/stable-diffusion-webui-forge (checked: commit
-dfdcbab6, 2025-06-26; FORGE_PYTHON: its Python, default $FORGE_DIR/venv/bin/python; it needs
-repositories/huggingface_guess). It starts Forge offline on the CPU with its UI and API on a free loopback
-port, with this repository linked into extensions/ (the link is removed afterwards), and checks what a
-Forge user meets today: the extension loads without a traceback, the tab says why it cannot run, and every
-route answers with that reason instead of failing.
+dfdcbab6, 2025-06-26, gradio 4.40, pydantic 2; FORGE_PYTHON: its Python, default
+$FORGE_DIR/venv/bin/python; Forge needs repositories/huggingface_guess). Forge recognises a checkpoint
+by its layer widths, so the test builds a random-weight SD 1.5 of the published size (2.1 GB, own name,
+in models/Stable-diffusion), a Lora folder of its own, links this repository into extensions/, and
+starts Forge offline on the CPU (--always-cpu) on a free loopback port. Every job's pixels are compared
+with lib_smooth's on the same weights. Afterwards only what the test made is removed.
+FORGE_E2E_SDXL=1 adds a full-size SDXL (7 GB of disk, ≈ 20 GB of RAM).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
+import re
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 FORGE = os.environ.get("FORGE_DIR")
-pytestmark = pytest.mark.skipif(not FORGE, reason="FORGE_DIR is not set: point it at an installed WebUI Forge to check the extension there")
+pytestmark = pytest.mark.skipif(not FORGE, reason="FORGE_DIR is not set: point it at an installed WebUI Forge to test the extension there")
+LONG_PROMPT = ", ".join(["a large red circle in the centre on a blue background"] * 9)  # ≈ 110 tokens: two 77-token chunks
+SIZE = {"width": 64, "height": 64}
 
 
-@pytest.fixture(scope="module")
-def forge(tmp_path_factory):
-    import socket
+def attention_lora(backend, path: Path, scale: float = 0.2) -> None:
+    """A random LoRA on every attention projection, under the kohya names both hosts read for SD 1.5."""
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya
 
-    root = tmp_path_factory.mktemp("forge")
+    g = torch.Generator().manual_seed(0)
+    layers = {}
+    for name, module in backend.unet_model.named_modules():
+        if re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name):
+            out_features, in_features = module.weight.shape
+            down, up = torch.randn(4, in_features, generator=g) * scale, torch.randn(out_features, 4, generator=g) * scale
+            layers["lora_unet_" + name.replace(".", "_")] = LoraLayer(down, up)
+    save_kohya(LoraNetwork(layers, "kohya"), path)
+
+
+def foreign_loras(folder: Path) -> None:
+    """LoRAs made for other models: an SDXL one, an SD 2-sized one, one whose layers SD 1.5 lacks."""
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya
+
+    def write(name, layers):
+        save_kohya(LoraNetwork(layers, "kohya"), folder / f"{name}.safetensors")
+
+    write("for-sdxl", {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": LoraLayer(torch.ones(4, 1280), torch.ones(1280, 4))})
+    write("sd2-sized", {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": LoraLayer(torch.ones(4, 1024), torch.ones(320, 4))})
+    write("elsewhere", {"lora_unet_input_blocks_40_1_proj_in": LoraLayer(torch.ones(4, 320), torch.ones(320, 4))})
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    link = Path(FORGE) / "extensions" / f"sd-webui-smooth-diffusion-e2e-{os.getpid()}"
-    link.symlink_to(REPO)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost")
+        return s.getsockname()[1]
+
+
+def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
+    """Start Forge API-only (or with its UI) on a free port; returns (process, base URL) once our routes answer."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        HF_HOME=str(root / "hf"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     python = os.environ.get("FORGE_PYTHON", str(Path(FORGE) / "venv" / "bin" / "python"))
-    log = root / "forge.log"
+    log = root / f"forge-{port}.log"
     command = [
         python,
         "launch.py",
@@ -49,58 +94,395 @@ def forge(tmp_path_factory):
         "--always-cpu",
         "--disable-nan-check",
         "--no-download-sd-model",
+        "--ckpt",
+        str(checkpoint),
+        "--lora-dir",
+        str(root / "loras"),
         "--server-name",
         "127.0.0.1",
         "--port",
         str(port),
-        "--api",
+        "--api" if ui else "--nowebui",
         "--ui-settings-file",
         str(root / "config.json"),
         "--ui-config-file",
         str(root / "ui-config.json"),
+        *extra,
     ]
     process = subprocess.Popen(command, cwd=FORGE, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/smooth-diffusion/v1/version", timeout=2)
+            return process, base, log
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                return process, base, log  # our route answers, refusing without credentials (--api-auth)
+            time.sleep(1)
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError("Forge exited:\n" + log.read_text()[-3000:])
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError("Forge did not answer in 240 s:\n" + log.read_text()[-3000:])
+
+
+def stop(process) -> None:
+    process.terminate()
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(base + "/smooth-diffusion/v1/version", timeout=2)
-                break
-            except (urllib.error.URLError, OSError):
-                if process.poll() is not None:
-                    raise RuntimeError("Forge exited:\n" + log.read_text()[-3000:])
-                time.sleep(1)
-        else:
-            raise RuntimeError("Forge did not answer in 180 s:\n" + log.read_text()[-3000:])
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """The test's own checkpoint and what Forge may have made of it (a failed load renames it .corrupted)."""
+    for path in (checkpoint, checkpoint.with_suffix(".yaml"), checkpoint.with_name(checkpoint.name + ".corrupted")):
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A random full-size SD 1.5 (and the same weights in lib_smooth, fp32), a Lora folder, the extension linked."""
+    from lib_smooth.backends.diffusers_backend import DiffusersBackend
+    from lib_smooth.backends.ldm_layout import save_single_file
+    from lib_smooth.testing import build_full_size_backend
+
+    root = tmp_path_factory.mktemp("forge")
+    built = build_full_size_backend("sd1", tokenizer_dir=root / "tokenizer")
+    checkpoint = Path(FORGE) / "models" / "Stable-diffusion" / f"smooth-e2e-sd15-{os.getpid()}.safetensors"
+    link = Path(FORGE) / "extensions" / f"sd-webui-smooth-diffusion-e2e-{os.getpid()}"
+    try:
+        save_single_file(built, checkpoint)
+        (root / "loras").mkdir()
+        attention_lora(built, root / "loras" / "smooth-e2e.safetensors")
+        foreign_loras(root / "loras")
+        link.symlink_to(REPO)
+        # the same weights at full precision, as Forge holds them on the CPU
+        backend = DiffusersBackend(
+            built.unet_model,
+            built.vae,
+            built.text_encoders,
+            built.tokenizers,
+            built.alphas_cumprod,
+            "eps",
+            "sd1",
+            identity="random-sd1",
+            dtype=torch.float32,
+        )
+        yield {"root": root, "checkpoint": checkpoint, "backend": backend}
+    finally:
+        if link.is_symlink():
+            link.unlink()
+        remove_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def forge(installed):
+    process, base, log = launch(installed["root"], installed["checkpoint"])
+    installed["process"] = process
+    try:
         yield {"base": base, "log": log}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        link.unlink()
+        stop(process)
 
 
-def call(forge, path, body=None):
+def call(server, path, body=None, method=None, headers=None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(forge["base"] + path, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        server["base"] + path,
+        data=data,
+        method=method or ("POST" if data else "GET"),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=600) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
 
-def test_the_extension_loads_in_forge_and_says_why_it_cannot_run(forge):
+def image(value: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))).convert("RGB")).astype(np.float64)
+
+
+def drawn() -> str:
+    picture = Image.new("RGB", (64, 64), "navy")
+    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="orange")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def assert_same_pixels(by_forge: np.ndarray, by_lib) -> None:
+    """Forge and lib_smooth on the same fp32 weights: equal up to rounding (a few pixels one level off)."""
+    difference = np.abs(by_forge - np.asarray(by_lib, dtype=np.float64))
+    assert difference.mean() < 0.05 and difference.max() <= 2, (difference.mean(), difference.max())
+
+
+def txt2img(forge, **extra) -> np.ndarray:
+    payload = {"prompt": "a photo of a cat", "steps": 3, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1, **SIZE, **extra}
+    status, body = call(forge, "/sdapi/v1/txt2img", payload)
+    assert status == 200, body
+    return image(body["images"][0])
+
+
+def test_routes_answer_and_the_size_defaults_to_the_models_native_one(forge):
+    status, body = call(forge, "/smooth-diffusion/v1/version")
+    assert status == 200 and body["jobs"] == ["edit", "interpolate", "invert", "istd"]
+    assert "smooth-e2e" in call(forge, "/smooth-diffusion/v1/loras")[1]["loras"]
+    status, body = call(forge, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 1})
+    assert status == 200, body
+    assert image(body["frames"][0]).shape == (512, 512, 3) and body["sidecar"]["settings"]["width"] == 512  # SD 1.5's native size
+
+
+def test_frames_are_lib_smooths_with_and_without_the_lora_and_the_weights_come_back(forge, installed):
+    from lib_smooth.jobs import run_interpolate
+    from lib_smooth.requests import InterpolateRequest
+
+    before = txt2img(forge)
+    request = {"prompt_a": "a red circle", "prompt_b": "a blue square", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 3, **SIZE}
+    frames = {}
+    for lora in (None, "smooth-e2e"):
+        status, body = call(forge, "/smooth-diffusion/v1/interpolate", dict(request, lora=lora))
+        assert status == 200, body
+        assert (body["sidecar"]["lora"] or {}).get("name") == lora
+        path = str(installed["root"] / "loras" / f"{lora}.safetensors") if lora else None
+        by_lib = run_interpolate(installed["backend"], InterpolateRequest(**request, lora=path)).frames
+        frames[lora] = [image(f) for f in body["frames"]]
+        for by_forge, lib_frame in zip(frames[lora], by_lib):
+            assert_same_pixels(by_forge, lib_frame)
+    assert np.abs(frames[None][1] - frames["smooth-e2e"][1]).mean() > 1.0  # the LoRA changes the frames
+    assert np.array_equal(txt2img(forge), before)  # same seed, same pixels: the weights are those from before
+
+
+def test_inversion_null_text_and_edit_are_lib_smooths(forge, installed):
+    from lib_smooth.jobs import run_invert, run_job
+    from lib_smooth.requests import EditRequest, InvertRequest
+
+    backend = installed["backend"]
+    for inversion in ("ddim", "null-text"):
+        request = {"image": drawn(), "prompt": "an orange circle", "steps": 4, "inversion": inversion, "null_text_steps": 2, **SIZE}
+        status, body = call(forge, "/smooth-diffusion/v1/invert", request)
+        assert status == 200, body
+        by_lib = run_invert(backend, InvertRequest(**request))
+        assert_same_pixels(image(body["reconstruction"]), by_lib.reconstruction)  # null-text: gradients through Forge's UNet
+        assert body["metrics"]["mse"] == pytest.approx(by_lib.metrics["mse"], rel=1e-4)
+    request = {"image": drawn(), "prompt": "an orange circle", "target_prompt": "a green square", "steps": 4, **SIZE}
+    status, body = call(forge, "/smooth-diffusion/v1/edit", request)
+    assert status == 200, body
+    assert_same_pixels(image(body["edited"]), run_job("edit", backend, EditRequest(**request)).edited)
+
+
+def test_istd_with_and_without_the_lora(forge):
+    request = {"prompts": ["a cat", "a dog"], "points": 3, "steps": 2, "lora": "smooth-e2e", "compare_without_lora": True, **SIZE}
+    status, body = call(forge, "/smooth-diffusion/v1/istd", request)
+    assert status == 200, body
+    assert len(body["istd"]["per_prompt"]) == 2 and body["istd"]["mean"]["distances"] != body["istd_without_lora"]["mean"]["distances"]
+
+
+def test_bad_requests_get_clear_4xx_and_no_server_file_is_read(forge, tmp_path):
+    for route, request, status, message in (
+        ("interpolate", {"prompt_a": "a", "frames": 1}, 422, "frames must be between 2 and 240"),
+        ("interpolate", {"prompt_a": "a", "steps": 1000}, 422, "steps must be between 1 and 999"),
+        ("interpolate", {"prompt_a": "a", "lora": "no-such-lora"}, 400, "not found"),
+        ("invert", {"image": "not an image", "prompt": "x"}, 422, "base64"),
+        ("istd", {"prompts": "a cat"}, 422, "List[str]"),
+    ):
+        answer = call(forge, f"/smooth-diffusion/v1/{route}", request)
+        assert answer[0] == status and message in answer[1]["detail"], answer
+    path = tmp_path / "on-the-server.png"
+    Image.new("RGB", (64, 64), "red").save(path)
+    answers = [call(forge, "/smooth-diffusion/v1/invert", {"image": str(name), "prompt": "x"}) for name in (path, tmp_path / "missing.png")]
+    assert [status for status, _ in answers] == [422, 422] and answers[0][1]["detail"] == answers[1][1]["detail"]
+    bomb = io.BytesIO()
+    Image.new("1", (16000, 16000)).save(bomb, format="PNG")
+    status, body = call(forge, "/smooth-diffusion/v1/invert", {"image": base64.b64encode(bomb.getvalue()).decode(), "prompt": "x"})
+    assert status == 422 and "megapixels" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "lora, reason", [("for-sdxl", "is for SDXL"), ("sd2-sized", "made for another model size"), ("elsewhere", "matches none of this model's layers")]
+)
+def test_a_lora_for_another_model_is_refused_and_nothing_stays_applied(forge, lora, reason):
+    before = txt2img(forge)
+    status, body = call(forge, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a red circle", "frames": 2, "steps": 1, "lora": lora, **SIZE})
+    assert status == 400 and reason in body["detail"], body
+    assert np.array_equal(txt2img(forge), before)
+
+
+def test_accordion_applies_the_lora_once_and_it_is_gone_afterwards(forge):
+    before = txt2img(forge)
+    accordion = {"smooth diffusion": {"args": [True, "smooth-e2e", 1.0]}}
+    status, body = call(
+        forge,
+        "/sdapi/v1/txt2img",
+        {"prompt": "a photo of a cat", "steps": 3, "sampler_name": "Euler", "cfg_scale": 7, "seed": 1, **SIZE, "alwayson_scripts": accordion},
+    )
+    assert status == 200, body
+    assert 'Smooth-LoRA: "smooth-e2e:1"' in json.loads(body["info"])["infotexts"][0]
+    with_lora = image(body["images"][0])
+    assert np.abs(with_lora - before).mean() > 1.0
+    assert np.array_equal(txt2img(forge, prompt="a photo of a cat <lora:smooth-e2e:1>", alwayson_scripts=accordion), with_lora)  # pasted: not twice
+    assert np.array_equal(txt2img(forge), before)
+    for args, reason in (
+        ([True, "no-such-lora", 1.0], "not found"),
+        ([True, "smooth-e2e", "heavy"], "lora_weight must be of type float"),
+        ([True, "sd2-sized", 1.0], "made for another model size"),
+    ):
+        status, body = call(
+            forge, "/sdapi/v1/txt2img", {"prompt": "a cat", "steps": 2, **SIZE, "alwayson_scripts": {"smooth diffusion": {"args": args}}}
+        )
+        assert status != 200 and reason in json.dumps(body), (args, body)
+
+
+def img2img(script_args, **extra) -> dict:
+    payload = {"init_images": [drawn()], "prompt": "a green square", "steps": 4, "cfg_scale": 5, "seed": 1, "denoising_strength": 1.0, **SIZE}
+    return dict(payload, script_name="smooth inversion", script_args=script_args, **extra)
+
+
+def test_img2img_smooth_inversion_script(forge):
+    status, body = call(forge, "/sdapi/v1/img2img", img2img(["an orange circle", 0.8, "ddim"]))
+    assert status == 200, body
+    infotext = json.loads(body["info"])["infotexts"][0]
+    assert "Smooth inversion: ddim (whole schedule; denoising strength not used)" in infotext and "Denoising strength" not in infotext
+    status, body = call(forge, "/sdapi/v1/img2img", img2img(["an orange circle", 0.8, "null-text"]))
+    assert status == 200, body
+    for script_args, reason in ((["a", 0.8, "magic"], "inversion must be one of ddim"), (["a", 1.5, "ddim"], "switch_ratio must be between 0 and 1")):
+        status, body = call(forge, "/sdapi/v1/img2img", img2img(script_args))
+        assert status == 422 and reason in body["detail"], body
+
+
+def interrupted(forge, path, body) -> tuple:
+    """Start a long job, press Interrupt once it shows progress; returns its answer and the seconds it ran on."""
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", call(forge, path, body)))
+    worker.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and call(forge, "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 2:
+        time.sleep(0.2)
+    started = time.time()
+    assert call(forge, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
+    worker.join(timeout=120)
+    return outcome["result"], time.time() - started
+
+
+def test_interrupt_stops_a_job_and_the_img2img_script_within_a_step(forge):
+    job = {"prompt_a": "a red circle", "frames": 64, "steps": 200, "batch_size": 1, **SIZE}
+    (status, body), seconds = interrupted(forge, "/smooth-diffusion/v1/interpolate", job)
+    assert status == 409 and "interrupted" in body["detail"] and seconds < 20, (status, body, seconds)
+    (status, body), seconds = interrupted(forge, "/sdapi/v1/img2img", img2img(["an orange circle", 0.8, "ddim"], steps=400))
+    assert status == 409 and "interrupted" in body["detail"], body
     assert call(forge, "/smooth-diffusion/v1/version")[0] == 200
-    for route, body in (("interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 2}), ("istd", {"prompts": ["a cat"]})):
+
+
+def test_prompts_over_75_tokens_work_in_every_route(forge):
+    small = {"steps": 2, **SIZE}
+    for route, body in (
+        ("interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a green square", "negative_prompt": LONG_PROMPT, "frames": 2, **small}),
+        ("invert", {"image": drawn(), "prompt": LONG_PROMPT, **small}),
+        ("edit", {"image": drawn(), "prompt": "an orange circle", "target_prompt": LONG_PROMPT, **small}),
+        ("istd", {"prompts": [LONG_PROMPT], "points": 3, **small}),
+    ):
         status, answer = call(forge, f"/smooth-diffusion/v1/{route}", body)
-        assert status == 400 and "does not support WebUI Forge yet" in answer["detail"], answer
-    with urllib.request.urlopen(forge["base"] + "/config", timeout=60) as response:
-        config = response.read().decode()
-    assert "Smooth Diffusion cannot run in this WebUI." in config and "Apply Smooth-LoRA" in config  # the tab's message; the accordion built
-    log = forge["log"].read_text()
-    ours = [line for line in log.splitlines() if "smooth_diffusion" in line.lower() and ("Error" in line or "Traceback" in line)]
-    assert ours == [], ours
+        assert status == 200, (route, answer)
+    status, answer = call(forge, "/sdapi/v1/img2img", img2img([LONG_PROMPT, 0.8, "ddim"], prompt=LONG_PROMPT, steps=2))
+    assert status == 200, answer
+
+
+def test_a_lora_added_after_start_up_is_found(forge, installed):
+    import shutil
+
+    late = installed["root"] / "loras" / f"added-late-{os.getpid()}.safetensors"
+    shutil.copy(installed["root"] / "loras" / "smooth-e2e.safetensors", late)
+    try:
+        status, body = call(forge, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 1, "lora": late.stem, **SIZE})
+        assert status == 200 and body["sidecar"]["lora"]["name"] == late.stem, body
+    finally:
+        late.unlink()
+
+
+def errors_of_ours(log: Path) -> list:
+    """Lines of Forge's log reporting an error in the extension; a refused generation's report (Forge prints
+    every API exception it answers with a status) is what the extension meant to happen."""
+    lines = log.read_text().splitlines()
+    return [
+        line
+        for line in lines
+        if ("Error" in line or "Traceback" in line)
+        and ("smooth_diffusion" in line.lower() or "lib_smooth" in line)
+        and "GenerationRefused" not in line
+    ]
+
+
+def test_no_error_of_ours_in_forges_log(forge):
+    assert errors_of_ours(forge["log"]) == []
+
+
+def test_routes_honour_api_auth(installed, forge):
+    process, base, _ = launch(installed["root"], installed["checkpoint"], "--api-auth", "smooth:secret")
+    try:
+        assert call({"base": base}, "/smooth-diffusion/v1/version")[0] == 401
+        token = base64.b64encode(b"smooth:secret").decode()
+        assert call({"base": base}, "/smooth-diffusion/v1/version", headers={"Authorization": f"Basic {token}"})[0] == 200
+    finally:
+        stop(process)
+
+
+def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
+    """The full UI (Forge's gradio 4.40): the tab's three panels with their Interrupt buttons, sliders bounded
+    by the request models the API validates with, and the accordion."""
+    import dataclasses
+
+    from lib_smooth.requests import InterpolateRequest, IstdRequest
+
+    process, base, log = launch(installed["root"], installed["checkpoint"], ui=True)
+    try:
+        with urllib.request.urlopen(base + "/config", timeout=60) as response:
+            config = json.loads(response.read())
+    finally:
+        stop(process)
+    components = [c.get("props", {}) for c in config["components"]]
+    ids = {props.get("elem_id") for props in components}
+    assert {"smooth_diffusion_interpolate_interrupt", "smooth_diffusion_invert_interrupt", "smooth_diffusion_istd_interrupt"} <= ids
+    labels = {props.get("label") for props in components}
+    assert "Apply Smooth-LoRA" in labels and "Width (0: model's native size)" in labels
+    for cls, name, label in ((InterpolateRequest, "frames", "Frames"), (IstdRequest, "points", "Points per sequence (paper: 11)")):
+        meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+        sliders = [p for p in components if p.get("label") == label and "minimum" in p]
+        assert sliders and all((p["minimum"], p["maximum"]) == (meta["low"], meta["high"]) for p in sliders), label
+    assert "cannot run in this WebUI" not in json.dumps(config)
+    assert errors_of_ours(log) == []
+
+
+@pytest.mark.skipif(not os.environ.get("FORGE_E2E_SDXL"), reason="set FORGE_E2E_SDXL=1 to also check a full-size SDXL in Forge (7 GB, ≈ 20 GB RAM)")
+def test_full_size_sdxl(installed, tmp_path):
+    from lib_smooth.backends.ldm_layout import save_single_file
+    from lib_smooth.testing import build_full_size_backend
+
+    # the last test: the SD 1.5 Forge and weights make room for SDXL's (Forge holds it in fp32 on the CPU)
+    if "process" in installed:
+        stop(installed.pop("process"))
+    installed.pop("backend", None)
+    checkpoint = Path(FORGE) / "models" / "Stable-diffusion" / f"smooth-e2e-sdxl-{os.getpid()}.safetensors"
+    try:
+        save_single_file(build_full_size_backend("sdxl", tokenizer_dir=tmp_path / "tok"), checkpoint)
+        process, base, _ = launch(installed["root"], checkpoint)
+        server = {"base": base}
+        try:
+            for route, body in (
+                ("interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a cat", "negative_prompt": "blurry", "frames": 2, "steps": 2}),
+                ("invert", {"image": drawn(), "prompt": "a circle", "steps": 2, "inversion": "null-text", "null_text_steps": 1}),
+                ("istd", {"prompts": ["a cat"], "points": 3, "steps": 1}),
+            ):
+                status, answer = call(server, f"/smooth-diffusion/v1/{route}", dict(body, **SIZE))
+                assert status == 200, (route, answer)
+            status, answer = call(
+                server, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 1, "lora": "smooth-e2e", **SIZE}
+            )
+            assert status == 400, answer  # the SD 1.5 LoRA
+        finally:
+            stop(process)
+    finally:
+        remove_checkpoint(checkpoint)

@@ -55,6 +55,7 @@ def fake_webui(monkeypatch, tmp_path):
     save_kohya(LoraNetwork({"lora_unet_layer": LoraLayer(torch.ones(1, 2), torch.ones(2, 1))}, "kohya"), tmp_path / "smooth.safetensors")
     model = torch.nn.Sequential(FakeLayer(), FakeLayer())
     model.model = types.SimpleNamespace(diffusion_model=ldm_unet())
+    model.alphas_cumprod, model.scale_factor = torch.linspace(0.99, 0.01, 1000), 0.18215
     networks = types.ModuleType("networks")
     networks.loaded_networks = [FakeNetwork("user-style", 0.7, 0.7, None)]
     networks.available_networks = {"smooth": types.SimpleNamespace(name="smooth", filename=str(tmp_path / "smooth.safetensors")), "user-style": None}
@@ -84,24 +85,31 @@ def fake_webui(monkeypatch, tmp_path):
     # the rest of what an AUTOMATIC1111 host provides (lib_smooth.webui.host checks for it)
     modules.shared.opts = types.SimpleNamespace()
     for name, attributes in (
-        ("devices", ("autocast", "device")),
-        ("sd_models", ("apply_alpha_schedule_override",)),
-        ("prompt_parser", ("SdConditioning",)),
+        ("devices", {"autocast": None, "device": "cpu", "dtype_unet": torch.float32}),
+        ("sd_models", {"apply_alpha_schedule_override": lambda model: None}),
+        ("prompt_parser", {"SdConditioning": list}),
     ):
-        fake = types.SimpleNamespace(**{attribute: None for attribute in attributes})
+        fake = types.SimpleNamespace(**attributes)
         setattr(modules, name, fake)
         monkeypatch.setitem(sys.modules, f"modules.{name}", fake)
     return networks, modules
 
 
-def test_lora_session_restores_the_users_networks_even_on_error(fake_webui):
-    from lib_smooth.webui.lora import lora_session
+def a1111_backend(model):
+    """The AUTOMATIC1111 adapter over `model`, without the WebUI state its constructor reads."""
+    from lib_smooth.webui.automatic1111 import Automatic1111Backend
 
-    networks, _ = fake_webui
-    backend = types.SimpleNamespace(lora_label="")
+    backend = Automatic1111Backend.__new__(Automatic1111Backend)
+    backend.model, backend.is_sdxl, backend.lora_label = model, False, ""
+    return backend
+
+
+def test_lora_session_restores_the_users_networks_even_on_error(fake_webui):
+    networks, modules = fake_webui
+    backend = a1111_backend(modules.shared.sd_model)
     with pytest.raises(RuntimeError):
-        with lora_session(backend, "smooth", 0.5) as loaded:
-            assert loaded == "smooth" and backend.lora_label == "smooth:0.5"
+        with backend.use_lora("smooth", 0.5) as loaded:
+            assert loaded.name == "smooth" and loaded.weight == 0.5 and backend.lora_label == "smooth:0.5"
             assert [(n.name, n.te_multiplier) for n in networks.loaded_networks] == [("smooth", 0.5)]
             raise RuntimeError("the job failed")
     assert networks.calls == [["smooth"], ["user-style"]]
@@ -109,17 +117,17 @@ def test_lora_session_restores_the_users_networks_even_on_error(fake_webui):
     assert networks.merged[-2:] == [("user-style",), ("user-style",)]  # both layers re-merged at once, not lazily
     assert backend.lora_label == ""
     with pytest.raises(SmoothDiffusionError, match="not found"):
-        with lora_session(backend, "missing", 1.0):
+        with backend.use_lora("missing", 1.0):
             pass
 
 
 def test_official_format_is_converted_once_beside_the_original(fake_webui, tmp_path):
     from safetensors.torch import save_file
 
+    from lib_smooth.lora_formats import SD_LAYOUT
     from lib_smooth.webui.lora import prepare
 
     networks, modules = fake_webui
-    model = modules.shared.sd_model
     save_file(
         {
             "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight": torch.ones(8, 320),
@@ -130,36 +138,35 @@ def test_official_format_is_converted_once_beside_the_original(fake_webui, tmp_p
     networks.available_networks["official"] = types.SimpleNamespace(name="official", filename=str(tmp_path / "official.safetensors"))
     refreshed = []
     networks.list_available_networks = lambda: refreshed.append(True)
-    assert prepare("official", model).name == "official_kohya" and refreshed == [True]
+    assert prepare("official", SD_LAYOUT, False).name == "official_kohya" and refreshed == [True]
     assert (tmp_path / "official_kohya.safetensors").is_file() and (tmp_path / "official.safetensors").is_file()
     before = (tmp_path / "official_kohya.safetensors").stat().st_mtime_ns
-    assert prepare("official", model).name == "official_kohya"
+    assert prepare("official", SD_LAYOUT, False).name == "official_kohya"
     assert (tmp_path / "official_kohya.safetensors").stat().st_mtime_ns == before  # never rewritten
-    assert prepare("smooth", model) == type(prepare("smooth", model))("smooth", 1)  # kohya files are used as they are
+    assert prepare("smooth", SD_LAYOUT, False) == type(prepare("smooth", SD_LAYOUT, False))("smooth", 1)  # kohya files are used as they are
 
 
 def test_diffusers_names_for_another_unet_layout_get_an_ldm_copy(fake_webui, tmp_path):
     """On a UNet with one layer per level the WebUI would read down_blocks_1 as input_blocks_4 (SD 1.5's
     numbering): the copy it loads names input_blocks_3, where lib_smooth puts that layer."""
     from lib_smooth.lora_formats import LoraLayer, LoraNetwork, load_lora, save_kohya
-    from lib_smooth.webui.lora import prepare
+    from lib_smooth.webui.lora import prepare, unet_layout
 
     networks, modules = fake_webui
-    modules.shared.sd_model.model.diffusion_model = ldm_unet(layers=1, attention_levels=(0, 1), levels=2)
+    layout = unet_layout(ldm_unet(layers=1, attention_levels=(0, 1), levels=2))
     name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     save_kohya(LoraNetwork({name: LoraLayer(torch.ones(2, 8), torch.ones(8, 2))}, "kohya"), tmp_path / "small.safetensors")
     networks.available_networks["small"] = types.SimpleNamespace(name="small", filename=str(tmp_path / "small.safetensors"))
     networks.list_available_networks = lambda: None
-    assert prepare("small", modules.shared.sd_model).name == "small_ldm"
+    assert prepare("small", layout, False).name == "small_ldm"
     assert list(load_lora(tmp_path / "small_ldm.safetensors").layers) == ["lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q"]
 
 
 def test_a_lora_that_does_not_fit_is_refused_and_the_users_networks_come_back(fake_webui):
     from lib_smooth.errors import LoraError, LoraShapeError
-    from lib_smooth.webui.lora import checked_name, lora_session
 
     networks, modules = fake_webui
-    model = modules.shared.sd_model
+    backend = a1111_backend(modules.shared.sd_model)
     loads = networks.load_networks
 
     def loading_with(matched):
@@ -171,7 +178,7 @@ def test_a_lora_that_does_not_fit_is_refused_and_the_users_networks_come_back(fa
 
         return load
 
-    assert checked_name("smooth", model) == "smooth"
+    assert backend.checked_lora_name("smooth") == "smooth"
     for matched, error, message in (
         ({}, LoraError, "matches none of this model's layers"),
         (
@@ -182,9 +189,9 @@ def test_a_lora_that_does_not_fit_is_refused_and_the_users_networks_come_back(fa
     ):
         networks.load_networks = loading_with(matched)
         with pytest.raises(error, match=message):
-            checked_name("smooth", model)
+            backend.checked_lora_name("smooth")
         with pytest.raises(error, match=message):
-            with lora_session(types.SimpleNamespace(lora_label=""), "smooth", 1.0):
+            with backend.use_lora("smooth", 1.0):
                 pass
         assert [n.name for n in networks.loaded_networks] == ["user-style"]
 
@@ -292,16 +299,18 @@ def test_distance_plot_draws_each_model():
 
 def test_the_host_is_detected_and_an_unsupported_one_is_told_what_is_missing(fake_webui, monkeypatch):
     from lib_smooth.webui import host
+    from lib_smooth.webui.automatic1111 import Automatic1111Backend
 
-    assert host.unsupported_reason() is None
+    assert host.unsupported_reason() is None and isinstance(host.open_backend(), Automatic1111Backend)
     monkeypatch.setitem(sys.modules, "modules.prompt_parser", None)  # an SD.Next-like host without it
     assert host.missing_pieces() == ["modules.prompt_parser"]
-    with pytest.raises(host.UnsupportedHost, match=r"lacks modules.prompt_parser — use AUTOMATIC1111 1.10"):
+    with pytest.raises(host.UnsupportedHost, match=r"lacks modules.prompt_parser — use AUTOMATIC1111 1.10, WebUI Forge"):
         host.open_backend()
     monkeypatch.setitem(sys.modules, "modules.prompt_parser", types.SimpleNamespace(SdConditioning=list))
-    monkeypatch.setitem(sys.modules, "modules_forge", types.ModuleType("modules_forge"))
-    assert "does not support WebUI Forge yet" in host.unsupported_reason()
+    monkeypatch.setitem(sys.modules, "modules_forge", types.ModuleType("modules_forge"))  # a Forge fork that moved Forge's pieces
+    assert host.missing_pieces() == ["modules.sd_models.forge_model_reload", "backend.memory_management"]
+    assert "looks like Forge but lacks modules.sd_models.forge_model_reload, backend.memory_management" in host.unsupported_reason()
     p = _generation(fake_webui, ["a cat"])
-    add_lora_to_prompts(p, True, "smooth", 1.0)  # the accordion in Forge: refused with the reason, not a traceback
-    with pytest.raises(Exception, match="does not support WebUI Forge yet"):
+    add_lora_to_prompts(p, True, "smooth", 1.0)  # the accordion there: refused with the reason, not a traceback
+    with pytest.raises(Exception, match="looks like Forge but lacks"):
         p.sample()

@@ -10,12 +10,16 @@ Latent math stays float32; model calls run under the WebUI's autocast.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..backend import Conditioning, LoraInUse
-from ..errors import SmoothDiffusionError
+from ..errors import LoraError, SmoothDiffusionError
+from . import lora as lora_folder
+
+NetworkState = List[Tuple[str, float, float, Optional[float]]]
+PATCHED_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.MultiheadAttention)
 
 
 @contextlib.contextmanager
@@ -67,14 +71,49 @@ class Automatic1111Backend:
     def lora_identity(self) -> str:
         return self.lora_label
 
+    def _prepared(self, name: str) -> lora_folder.Prepared:
+        layout = lora_folder.unet_layout(self.model.model.diffusion_model)
+        return lora_folder.prepare(name, layout, self.is_sdxl)
+
     @contextlib.contextmanager
     def use_lora(self, name: Optional[str], weight: float) -> Iterator[Optional[LoraInUse]]:
         """The Lora-folder LoRA `name` through the built-in Lora extension for the duration (None: no
-        LoRA, the user's own ones off too); the user's network set and the weights come back after."""
-        from .lora import file_sha256, lora_session
+        LoRA, the user's own ones off too); the user's network set and the weights come back after.
 
-        with lora_session(self, name, weight) as loaded:
-            yield LoraInUse(loaded, file_sha256(loaded), weight) if loaded else None
+        The extension merges LoRA weights lazily, layer by layer, at each layer's next forward; here
+        every patched layer is re-merged at once, so the weights equal those before the job as soon
+        as it ends, whether it succeeded, failed or was interrupted."""
+        networks = lora_folder.networks_module()
+        previous = _state(networks)
+        try:
+            loaded = None
+            if name:
+                prepared = self._prepared(name)
+                loaded = prepared.name
+                _load(networks, [(loaded, weight, weight, None)])
+                _check_loaded(networks, name, prepared)
+                self.lora_label = f"{loaded}:{weight:g}"
+            else:
+                _load(networks, [])
+            _merge_now(networks, self.model)
+            yield LoraInUse(loaded, lora_folder.file_sha256(loaded), weight) if loaded else None
+        finally:
+            _load(networks, previous)
+            _merge_now(networks, self.model)
+            self.lora_label = ""
+
+    def checked_lora_name(self, name: str) -> str:
+        """The name to put in a <lora:…> tag, after proving the file fits the loaded model (the WebUI's
+        own loading would drop what does not fit silently). The user's network set is left as it was."""
+        networks = lora_folder.networks_module()
+        prepared = self._prepared(name)
+        previous = _state(networks)
+        try:
+            _load(networks, [(prepared.name, 1.0, 1.0, None)])
+            _check_loaded(networks, name, prepared)
+        finally:
+            _load(networks, previous)
+        return prepared.name
 
     def encode_prompts(self, prompts: Sequence[str], width: int, height: int) -> Conditioning:
         from modules import prompt_parser
@@ -108,3 +147,35 @@ class Automatic1111Backend:
         wants_grad = torch.is_grad_enabled() and any(c.requires_grad for c in tensors)
         with torch.set_grad_enabled(wants_grad), self._devices.autocast():
             return self.model.apply_model(x.to(self.device), t.to(self.device), cond).float()
+
+
+def _state(networks) -> NetworkState:
+    return [(n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in networks.loaded_networks]
+
+
+def _load(networks, state: NetworkState) -> None:
+    networks.load_networks([s[0] for s in state], [s[1] for s in state], [s[2] for s in state], [s[3] for s in state])
+
+
+def _check_loaded(networks, requested: str, prepared: lora_folder.Prepared) -> None:
+    """After load_networks: the layers the built-in extension matched, each with its delta's shape."""
+    loaded = [n for n in networks.loaded_networks if n.name == prepared.name]
+    if not loaded:
+        raise LoraError(f"the Lora extension could not load {requested!r}; see the console for its message")
+    matched = []
+    for module in loaded[0].modules.values():
+        up, down = getattr(module, "up_model", None), getattr(module, "down_model", None)
+        target = getattr(module.sd_module, "weight", None)
+        if isinstance(module.sd_module, (torch.nn.Linear, torch.nn.Conv2d)) and up is not None and down is not None:
+            matched.append((module.network_key.split(".", 1)[0], (up.weight.shape[0], down.weight.shape[1]), tuple(target.shape)))
+        else:  # other module kinds (norms, LyCORIS types): matched, shape checked by the extension itself
+            matched.append((module.network_key.split(".", 1)[0], (), ()))
+    lora_folder.check_fit(requested, prepared, matched)
+
+
+@torch.no_grad()
+def _merge_now(networks, sd_model) -> None:
+    """Bring every layer the Lora extension patches to the loaded network set now, not at its next forward."""
+    for module in sd_model.modules():
+        if isinstance(module, PATCHED_LAYERS) and getattr(module, "network_layer_name", None) is not None:
+            networks.network_apply_weights(module)

@@ -24,17 +24,13 @@ def add_lora_to_prompts(p, *args) -> None:
     without the LoRA."""
     from ..errors import SmoothDiffusionError
     from ..requests import AccordionRequest, from_args
-    from .host import UnsupportedHost, unsupported_reason
-    from .lora import checked_name
+    from .host import open_backend
 
     try:
         request = from_args(AccordionRequest, [None if value == NONE else value for value in args])
         if not request.enabled or not request.lora:
             return
-        reason = unsupported_reason()
-        if reason:
-            raise UnsupportedHost(reason)
-        name = checked_name(request.lora, p.sd_model)
+        name = open_backend(p.sd_model).checked_lora_name(request.lora)
     except SmoothDiffusionError as error:
         refuse(p, error)
         return
@@ -87,6 +83,7 @@ def smooth_inversion_sampler(p, request) -> Callable:
 
     It inverts the whole schedule, so img2img's Denoising strength plays no part: the infotext says
     so instead of recording a strength that was not used."""
+    import torch
     from modules import devices
 
     from ..errors import SmoothDiffusionError
@@ -99,27 +96,29 @@ def smooth_inversion_sampler(p, request) -> Callable:
         target = prompts[0]  # the img2img prompt with extra-network tags already removed
         source, switch_ratio, mode = request.source_prompt.strip() or target, request.switch_ratio, request.inversion
         try:
-            inversion = invert_image(
-                backend,
-                p.init_images[0],
-                source,
-                steps=p.steps,
-                negative_prompt=p.negative_prompt,
-                width=p.width,
-                height=p.height,
-                mode=mode,
-                null_text_guidance=p.cfg_scale,
-                on_step=lambda i, n, x: progress(i + 1, 2 * n, x),
-            )
-            latent = reconstruct(
-                backend,
-                inversion,
-                p.cfg_scale,
-                p.negative_prompt,
-                target if source != target else None,
-                switch_ratio,
-                on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x),
-            )
+            # Forge samples under inference_mode, where null-text inversion's gradients cannot exist
+            with torch.inference_mode(False):
+                inversion = invert_image(
+                    backend,
+                    p.init_images[0],
+                    source,
+                    steps=p.steps,
+                    negative_prompt=p.negative_prompt,
+                    width=p.width,
+                    height=p.height,
+                    mode=mode,
+                    null_text_guidance=p.cfg_scale,
+                    on_step=lambda i, n, x: progress(i + 1, 2 * n, x),
+                )
+                latent = reconstruct(
+                    backend,
+                    inversion,
+                    p.cfg_scale,
+                    p.negative_prompt,
+                    target if source != target else None,
+                    switch_ratio,
+                    on_step=lambda i, n, x: progress(n + i + 1, 2 * n, x),
+                )
         except SmoothDiffusionError as error:
             raise refused(error) from None
         finally:

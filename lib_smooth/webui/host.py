@@ -1,9 +1,9 @@
 """Which WebUI the extension runs in, and the Backend adapter for it — one module per host.
 
 The tab, the routes, the accordion and the img2img script are host-independent; they get the loaded
-model through :func:`open_backend`. Supported: AUTOMATIC1111 1.10 (``automatic1111.py``). WebUI Forge
-(and its forks) replaced the model objects with its own backend and is not supported yet; any other host
-(SD.Next, an unknown fork) is told which of the pieces the extension needs are missing.
+model through :func:`open_backend`. Supported: AUTOMATIC1111 1.10 (``automatic1111.py``) and WebUI Forge
+(``forge.py``), told apart by Forge's ``modules_forge`` package. A host lacking what its adapter calls
+(SD.Next, a fork that moved things) is told which pieces are missing instead of failing mid-job.
 """
 
 from __future__ import annotations
@@ -23,6 +23,16 @@ AUTOMATIC1111_NEEDS = {
 }
 
 
+# what the Forge adapter calls besides the shared ones (shared.state/opts, prompt_parser, store_latent)
+FORGE_NEEDS = {
+    "modules.shared": ("state", "opts"),
+    "modules.sd_models": ("forge_model_reload",),
+    "modules.prompt_parser": ("SdConditioning",),
+    "modules.sd_samplers_common": ("store_latent",),
+    "backend.memory_management": ("load_model_gpu", "get_torch_device"),
+}
+
+
 class UnsupportedHost(SmoothDiffusionError):
     """The running WebUI does not expose what the extension needs."""
 
@@ -36,9 +46,9 @@ def is_forge() -> bool:
 
 
 def missing_pieces() -> List[str]:
-    """The names the AUTOMATIC1111 adapter needs that this host lacks ("module.attribute")."""
+    """The names this host's adapter needs that the host lacks ("module.attribute")."""
     missing = []
-    for module, attributes in AUTOMATIC1111_NEEDS.items():
+    for module, attributes in (FORGE_NEEDS if is_forge() else AUTOMATIC1111_NEEDS).items():
         try:
             loaded = importlib.import_module(module)
         except ImportError:
@@ -50,17 +60,14 @@ def missing_pieces() -> List[str]:
 
 def unsupported_reason() -> Optional[str]:
     """Why this host cannot run the extension, or None when it can."""
-    if is_forge():
-        return (
-            "Smooth Diffusion does not support WebUI Forge yet: Forge replaced AUTOMATIC1111's model objects with its own "
-            "backend; use AUTOMATIC1111 stable-diffusion-webui 1.10 or the command line (python -m lib_smooth)"
-        )
     missing = missing_pieces()
     if missing:
         return (
-            "Smooth Diffusion runs in AUTOMATIC1111 stable-diffusion-webui 1.10; this WebUI lacks "
+            "Smooth Diffusion runs in AUTOMATIC1111 stable-diffusion-webui 1.10 and WebUI Forge; this WebUI "
+            + ("looks like Forge but " if is_forge() else "")
+            + "lacks "
             + ", ".join(missing)
-            + " — use AUTOMATIC1111 1.10 or the command line (python -m lib_smooth)"
+            + " — use AUTOMATIC1111 1.10, WebUI Forge (lllyasviel/stable-diffusion-webui-forge) or the command line (python -m lib_smooth)"
         )
     return None
 
@@ -70,6 +77,10 @@ def open_backend(sd_model=None):
     reason = unsupported_reason()
     if reason:
         raise UnsupportedHost(reason)
+    if is_forge():
+        from .forge import ForgeBackend
+
+        return ForgeBackend(sd_model)
     from .automatic1111 import Automatic1111Backend
 
     return Automatic1111Backend(sd_model)
