@@ -160,7 +160,8 @@ def installed(tmp_path_factory):
         foreign_loras(root / "loras")
         link.symlink_to(REPO)
         # the same weights at full precision, as Forge holds them on the CPU
-        backend = DiffusersBackend(
+        state = {"root": root, "checkpoint": checkpoint}
+        state["backend"] = DiffusersBackend(
             built.unet_model,
             built.vae,
             built.text_encoders,
@@ -171,7 +172,8 @@ def installed(tmp_path_factory):
             identity="random-sd1",
             dtype=torch.float32,
         )
-        yield {"root": root, "checkpoint": checkpoint, "backend": backend}
+        del built  # the dict holds the only reference: the SDXL test can free the weights
+        yield state
     finally:
         if link.is_symlink():
             link.unlink()
@@ -354,25 +356,34 @@ def test_img2img_smooth_inversion_script(forge):
         assert status == 422 and reason in body["detail"], body
 
 
-def interrupted(forge, path, body) -> tuple:
-    """Start a long job, press Interrupt once it shows progress; returns its answer and the seconds it ran on."""
+def interrupted(forge, path, body, after_steps: int = 2) -> tuple:
+    """Start a long job, press Interrupt once it shows `after_steps` steps of progress; returns its answer,
+    the seconds it ran on, and the progress state seen just before the Interrupt (live preview included)."""
     outcome = {}
+    previous_job = call(forge, "/sdapi/v1/progress")[1]["state"]["job_timestamp"]  # the last job's progress stays until a new one begins
     worker = threading.Thread(target=lambda: outcome.setdefault("result", call(forge, path, body)))
     worker.start()
-    deadline = time.time() + 120
-    while time.time() < deadline and call(forge, "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 2:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        state = call(forge, "/sdapi/v1/progress")[1]["state"]
+        if state["job_timestamp"] != previous_job and state["sampling_step"] >= after_steps:
+            break
         time.sleep(0.2)
+    progress = call(forge, "/sdapi/v1/progress?skip_current_image=false")[1]
     started = time.time()
     assert call(forge, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
     worker.join(timeout=120)
-    return outcome["result"], time.time() - started
+    return outcome["result"], time.time() - started, progress
 
 
-def test_interrupt_stops_a_job_and_the_img2img_script_within_a_step(forge):
+def test_progress_live_preview_and_interrupt_of_a_job_and_of_the_img2img_script(forge):
     job = {"prompt_a": "a red circle", "frames": 64, "steps": 200, "batch_size": 1, **SIZE}
-    (status, body), seconds = interrupted(forge, "/smooth-diffusion/v1/interpolate", job)
+    (status, body), seconds, progress = interrupted(forge, "/smooth-diffusion/v1/interpolate", job, after_steps=12)
     assert status == 409 and "interrupted" in body["detail"] and seconds < 20, (status, body, seconds)
-    (status, body), seconds = interrupted(forge, "/sdapi/v1/img2img", img2img(["an orange circle", 0.8, "ddim"], steps=400))
+    assert progress["state"]["sampling_steps"] == 64 * 200 and 0 < progress["progress"] < 0.1, progress
+    preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))  # Forge previews every 10 steps
+    assert preview.size[0] >= 8 and preview.getextrema() != ((0, 0),) * 3
+    (status, body), _, _ = interrupted(forge, "/sdapi/v1/img2img", img2img(["an orange circle", 0.8, "ddim"], steps=400))
     assert status == 409 and "interrupted" in body["detail"], body
     assert call(forge, "/smooth-diffusion/v1/version")[0] == 200
 
