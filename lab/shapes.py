@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Collection, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -42,6 +42,9 @@ POSITIONS = {
 }
 
 
+ATTRIBUTES = ("shape", "colour", "background", "size", "position")
+
+
 @dataclass(frozen=True)
 class ShapeSpec:
     shape: str
@@ -52,7 +55,23 @@ class ShapeSpec:
 
     @property
     def caption(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} {self.position} on a {self.background} background"
+        return self.caption_leaving_out(())
+
+    def caption_leaving_out(self, left_out: Collection[str]) -> str:
+        """The caption without the attributes in `left_out`, which the picture still has: "a red shape",
+        "a large circle on a blue background", "a shape". The noise decides what it does not say."""
+        words = ["a"]
+        words += [self.size] if "size" not in left_out else []
+        words += [self.colour] if "colour" not in left_out else []
+        words += ["shape" if "shape" in left_out else self.shape]
+        words += [self.position] if "position" not in left_out else []
+        words += [f"on a {self.background} background"] if "background" not in left_out else []
+        return " ".join(words)
+
+
+def partial_caption(spec: ShapeSpec, rng: random.Random, drop_probability: float) -> str:
+    """The caption with each attribute left out independently with `drop_probability`."""
+    return spec.caption_leaving_out([name for name in ATTRIBUTES if rng.random() < drop_probability])
 
 
 def spec_for(index: int, seed: int = 0) -> ShapeSpec:
@@ -129,6 +148,11 @@ class Detection:
     background: str
     shape: str
     features: np.ndarray  # what the Fréchet distance compares
+    size: str = "none"
+    position: str = "none"
+
+    def attribute(self, name: str) -> str:
+        return getattr(self, name)
 
 
 def _nearest_colour(rgb: np.ndarray) -> str:
@@ -192,7 +216,25 @@ def detect(image: Image.Image) -> Detection:
     features = np.concatenate(
         [foreground_rgb / 255, background_rgb / 255, [fill, solidity, math.sqrt(mask.sum()) / side, (xs.mean() + ys.mean()) / (2 * side)]]
     )
-    return Detection(_nearest_colour(foreground_rgb), _nearest_colour(background_rgb), max(overlap, key=overlap.get), features)
+    shape = max(overlap, key=overlap.get)
+    extent = 2 * math.sqrt(mask.sum() / UNIT_AREA[shape]) / side  # the drawn radius, as a fraction of the side
+    size = min(SIZES, key=lambda name: abs(SIZES[name] - extent))
+    position = min(POSITIONS, key=lambda name: (POSITIONS[name][0] - xs.mean() / side) ** 2 + (POSITIONS[name][1] - ys.mean() / side) ** 2)
+    return Detection(_nearest_colour(foreground_rgb), _nearest_colour(background_rgb), shape, features, size, position)
+
+
+def diversity(images: Sequence[Image.Image], left_out: Collection[str]) -> Dict[str, dict]:
+    """For the attributes a prompt left out, how the detector reads them across `images` (one per seed):
+    the count of each value, the entropy in bits (log2 of the number of values when even) and the share of
+    the most common value. A model whose noise decides what the prompt leaves open spreads them."""
+    found = [detect(image) for image in images]
+    report = {}
+    for name in left_out:
+        values = [d.attribute(name) for d in found]
+        counts = {value: values.count(value) for value in sorted(set(values))}
+        shares = np.array(list(counts.values()), dtype=np.float64) / len(values)
+        report[name] = {"counts": counts, "entropy_bits": float(-(shares * np.log2(shares)).sum()) + 0.0, "top_share": float(shares.max())}
+    return report
 
 
 def accuracy(images: Sequence[Image.Image], specs: Sequence[ShapeSpec]) -> dict:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import time
 from pathlib import Path
 
@@ -239,9 +240,25 @@ def encode_all(vae: torch.nn.Module, images: torch.Tensor, captions: list[str], 
     return means[[slot[caption] for caption in captions]]
 
 
+def partial_caption_ids(specs: list, tokenize, share: float, drop_probability: float, seed: int):
+    """Token ids for a batch of image indices: each caption is, with probability `share`, a partial one
+    (each attribute left out with `drop_probability`: "a red shape"), else the full caption."""
+    rng = random.Random(seed)
+    full = tokenize([spec.caption for spec in specs])
+
+    def ids(index: torch.Tensor) -> torch.Tensor:
+        batch = full[index].clone()
+        for row, i in enumerate(index.tolist()):
+            if rng.random() < share:
+                batch[row] = tokenize([shapes.partial_caption(specs[i], rng, drop_probability)])[0]
+        return batch
+
+    return ids
+
+
 def train_denoiser(
     latents: torch.Tensor,
-    token_ids: torch.Tensor,
+    token_ids,
     empty_ids: torch.Tensor,
     steps: int,
     batch: int,
@@ -252,7 +269,8 @@ def train_denoiser(
     every_step=None,
 ):
     """Train a new text encoder + UNet, or go on training the pair `start_from` (a fresh warm-up and cosine).
-    `every_step`, if given, is called before each step."""
+    `token_ids`: the captions' ids (one row per image) or a function of a batch's image indices giving
+    them (partial captions). `every_step`, if given, is called before each step."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -270,7 +288,8 @@ def train_denoiser(
         if every_step:
             every_step()
         index = torch.randint(len(latents), (batch,))
-        x0, ids = latents[index], token_ids[index].clone()
+        x0 = latents[index]
+        ids = token_ids(index) if callable(token_ids) else token_ids[index].clone()
         ids[torch.rand(batch) < CAPTION_DROPOUT] = empty_ids
         t = torch.randint(len(alphas_cumprod), (batch,))
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -316,6 +335,45 @@ def check_samples(backend: DiffusersBackend, count: int, guidance: float, steps:
     return {"guidance": guidance, "steps": steps, **shapes.accuracy(draw(backend, specs, guidance, steps), specs)}
 
 
+# partial prompts for the diversity check: what each names; the noise decides the rest
+PARTIAL_PROMPTS = (
+    {"colour": "red"},
+    {"shape": "circle"},
+    {"shape": "star", "size": "large", "background": "blue"},
+    {"colour": "green", "background": "white"},
+    {"shape": "triangle", "size": "small", "position": "on the left"},
+    {},
+)
+
+
+def check_diversity(backend: DiffusersBackend, seeds: int, guidance: float, steps: int) -> list:
+    """For each partial prompt, over `seeds` seeds: how often the named attributes are drawn right, and
+    how the detector reads the ones left out (entropy, share of the most common value)."""
+    placeholder = shapes.ShapeSpec("circle", "red", "blue", "large", "in the centre")
+    report = []
+    for named in PARTIAL_PROMPTS:
+        spec = shapes.ShapeSpec(**{**placeholder.__dict__, **named})
+        left_out = [name for name in shapes.ATTRIBUTES if name not in named]
+        prompt = spec.caption_leaving_out(left_out)
+        images = draw_prompt(backend, prompt, seeds, guidance, steps)
+        found = [shapes.detect(image) for image in images]
+        right = {name: float(np.mean([d.attribute(name) == value for d in found])) for name, value in named.items()}
+        report.append({"prompt": prompt, "seeds": seeds, "named_right": right, "left_out": shapes.diversity(images, left_out)})
+    return report
+
+
+def draw_prompt(backend: DiffusersBackend, prompt: str, seeds: int, guidance: float, steps: int) -> list:
+    """One prompt drawn from the noise of seeds 0 … seeds − 1."""
+    from lib_smooth.ddim import guided_eps, sample
+    from lib_smooth.images import tensor_to_pils
+    from lib_smooth.interpolate import seed_noise
+
+    cond, uncond = backend.encode_prompts([prompt], IMAGE_SIZE, IMAGE_SIZE), backend.encode_prompts([""], IMAGE_SIZE, IMAGE_SIZE)
+    noise = torch.cat([seed_noise(seed, (1, 4, IMAGE_SIZE // 8, IMAGE_SIZE // 8)) for seed in range(seeds)])
+    latents = sample(guided_eps(backend, cond, uncond, guidance), noise, backend.alphas_cumprod, steps)
+    return tensor_to_pils(backend.decode_latents(latents))
+
+
 @torch.no_grad()
 def check_vae(vae: torch.nn.Module, count: int, seed: int = 1) -> dict:
     """Detector accuracy on held-out images passed through the VAE (encode, decode): the most the
@@ -353,6 +411,13 @@ def main() -> None:
         help="a diffusers folder written by an earlier run: start from its text encoder and UNet (with --unet-steps 0: take them as they are)",
     )
     parser.add_argument("--batch", type=int, default=16, help="text encoder + UNet batch (the shipped model's runs: 64)")
+    parser.add_argument(
+        "--partial-captions",
+        type=float,
+        default=0.0,
+        help="share of training captions that leave attributes out (each with --drop-probability): the noise then decides them",
+    )
+    parser.add_argument("--drop-probability", type=float, default=0.5)
     parser.add_argument("--install", action="store_true", help="write the result into lib_smooth/models")
     parser.add_argument("--install-only", action="store_true", help="install the model already trained in --out")
     args = parser.parse_args()
@@ -406,9 +471,12 @@ def main() -> None:
         unet = UNet2DConditionModel.from_pretrained(Path(args.resume_denoiser) / "unet", local_files_only=True).float().eval()
         text_encoder = CLIPTextModel.from_pretrained(Path(args.resume_denoiser) / "text_encoder", local_files_only=True).float().eval()
     if args.unet_steps:
+        specs = [shapes.spec_for(i, args.data_seed) for i in range(args.images)]
         unet, text_encoder = train_denoiser(
             latents * vae.config.scaling_factor,
-            tokenize(captions),
+            partial_caption_ids(specs, tokenize, args.partial_captions, args.drop_probability, args.seed)
+            if args.partial_captions
+            else tokenize(captions),
             tokenize([""])[0],
             args.unet_steps,
             args.batch,
@@ -436,6 +504,7 @@ def main() -> None:
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "total_training_minutes": round(sum(timings.values()) / 60, 1),
         "detector": checks,
+        "diversity": check_diversity(backend, 64, 5.0, 25),
         "vae_round_trip": check_vae(vae, 200),
         "torch_threads": torch.get_num_threads(),
         "log": log,
