@@ -1,7 +1,21 @@
 import numpy as np
 import pytest
 
-from lab.shapes import COLOURS, SHAPES, accuracy, detect, frechet_distance, render, samples, spec_for, write_dataset
+from lab.shapes import (
+    ATTRIBUTES,
+    COLOURS,
+    SHAPES,
+    ShapeSpec,
+    accuracy,
+    detect,
+    diversity,
+    frechet_distance,
+    partial_caption,
+    render,
+    samples,
+    spec_for,
+    write_dataset,
+)
 
 
 def test_specs_are_deterministic_and_captioned():
@@ -23,6 +37,26 @@ def test_detector_reads_back_every_attribute_at_64_px():
     result = accuracy(images, specs)
     assert result["both"] >= 0.99 and result["count"] == 400
     assert all(detect(image).background == spec.background for image, spec in zip(images[:50], specs[:50]))
+
+
+def test_partial_captions_leave_attributes_out():
+    import random
+
+    spec = ShapeSpec("star", "red", "blue", "large", "on the left")
+    assert spec.caption_leaving_out(["shape", "size", "position", "background"]) == "a red shape"
+    assert spec.caption_leaving_out(["colour", "position"]) == "a large star on a blue background"
+    assert spec.caption_leaving_out(ATTRIBUTES) == "a shape"
+    assert partial_caption(spec, random.Random(0), 0.0) == spec.caption and partial_caption(spec, random.Random(0), 1.0) == "a shape"
+
+
+def test_detector_reads_size_and_position_and_diversity_counts_them():
+    images, specs = zip(*samples(200, seed=3, size=64))
+    found = [detect(image) for image in images]
+    assert all(d.size == s.size and d.position == s.position for d, s in zip(found, specs))
+    two_circles_two_squares = [render(ShapeSpec(shape, "red", "blue", "large", "in the centre")) for shape in ("circle", "square") * 2]
+    report = diversity(two_circles_two_squares, ["shape", "colour"])
+    assert report["shape"] == {"counts": {"circle": 2, "square": 2}, "entropy_bits": 1.0, "top_share": 0.5}
+    assert report["colour"] == {"counts": {"red": 4}, "entropy_bits": 0.0, "top_share": 1.0}
 
 
 def test_detector_reads_blurred_shapes():
