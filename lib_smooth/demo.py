@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 from PIL import Image
 
-from .backends.shapes_model import CIRCLE_CAPTION, DEMO_IMAGE, SMOOTH_LORA, SQUARE_CAPTION
+from .backends.shapes_model import CIRCLE_CAPTION, DEMO_IMAGE, PARTIAL_CAPTION, SMOOTH_LORA, SQUARE_CAPTION
 from .cache import InversionCache
 from .console import check_device, load_backend, prepare_output_folder, progress_bar
 from .errors import RequestError
@@ -61,7 +61,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     variants: Dict[str, Optional[str]] = {"plain": None, "smooth": lora} if lora else {"plain": None}
     common = dict(steps=args.steps, guidance=args.guidance, width=args.size, height=args.size, lora_weight=args.lora_weight)
     jobs = {
-        "seeds": InterpolateRequest(prompt_a=CIRCLE_CAPTION, seed_a=1, seed_b=2, frames=args.frames, **common),
+        "seeds": InterpolateRequest(prompt_a=PARTIAL_CAPTION, seed_a=1, seed_b=2, frames=args.frames, **common),
         "prompts": InterpolateRequest(prompt_a=CIRCLE_CAPTION, prompt_b=SQUARE_CAPTION, seed_a=3, seed_b=3, frames=args.frames, **common),
     }
     for request in jobs.values():  # bad settings are refused before the model loads
@@ -77,12 +77,12 @@ def run_demo(args: argparse.Namespace) -> dict:
         results[name] = _interpolation(backend, name, request, variants, cache, out, report)
     if lora:
         report["lora"]["sha256"] = results["seeds"]["smooth"].sidecar["lora"]["sha256"]
-    # Between two generated images, through inversion: the plain model's red circle of seed 1 and green
-    # square of seed 3, the same two images for both variants.
+    # Between two generated images, through inversion: the plain model's red circle and green square of
+    # seed 3 (the prompt interpolation's ends), the same two images for both variants.
     images = InterpolateRequest(
         prompt_a=CIRCLE_CAPTION,
         prompt_b=SQUARE_CAPTION,
-        image_a=_b64(results["seeds"]["plain"].frames[0]),
+        image_a=_b64(results["prompts"]["plain"].frames[0]),
         image_b=_b64(results["prompts"]["plain"].frames[-1]),
         frames=args.frames,
         **common,

@@ -52,9 +52,10 @@ def test_the_demo_input_is_the_embedded_models_own_training_image():
     from PIL import Image
 
     from lab.shapes import ShapeSpec, render
-    from lib_smooth.backends.shapes_model import CIRCLE_CAPTION, DEMO_IMAGE, SQUARE_CAPTION
+    from lib_smooth.backends.shapes_model import CIRCLE_CAPTION, DEMO_IMAGE, PARTIAL_CAPTION, SQUARE_CAPTION
 
     circle = ShapeSpec("circle", "red", "blue", "large", "in the centre")
     assert CIRCLE_CAPTION == circle.caption and SQUARE_CAPTION == ShapeSpec("square", "green", "yellow", "large", "in the centre").caption
+    assert PARTIAL_CAPTION == circle.caption_leaving_out(["shape", "background", "size", "position"])
     with Image.open(DEMO_IMAGE) as shipped:
         assert np.array_equal(np.asarray(shipped.convert("RGB")), np.asarray(render(circle, 64)))

@@ -54,12 +54,20 @@ def grid(seeds: List[int], steps: int, batch: int) -> List[LoraRun]:
     return runs + [LoraRun(1.0, rank, seed, steps, batch) for rank in (4, 16) for seed in seeds]
 
 
-def training_data(backend, count: int):
-    """Latents of `count` training images (data seed 0) and the text-encoder output of each distinct caption."""
+PARTIAL_CAPTIONS = 0.5  # share of training captions that leave attributes out, as the embedded model was trained
+
+
+def training_data(backend, count: int, partial_captions: float = PARTIAL_CAPTIONS):
+    """Latents of `count` training images (data seed 0) and the text-encoder output of each distinct
+    caption; a share `partial_captions` of the images is captioned partially (each attribute left out
+    with probability 0.5), as the embedded model saw them."""
+    import random
+
+    rng = random.Random(0)
     images, captions = [], []
     for image, spec in shapes.samples(count, 0, SIZE):
         images.append(pil_to_tensor(image))
-        captions.append(spec.caption)
+        captions.append(shapes.partial_caption(spec, rng, 0.5) if rng.random() < partial_captions else spec.caption)
     pixels = torch.cat(images)
     latents = torch.cat([backend.encode_images(pixels[i : i + 256]) for i in range(0, count, 256)])
     distinct = sorted(set(captions))

@@ -25,13 +25,17 @@ CHECKPOINT = MODELS_DIR / "Stable-diffusion" / "shapes-sd1.safetensors"
 WEBUI_TEXT_ENCODER_DIR = "models/Stable-diffusion/shapes-sd1-clip"
 DESCRIPTION = (
     "shapes-sd1: the embedded small SD1-architecture model trained on procedurally drawn coloured shapes "
-    "(64 px, captions like 'a large red circle in the centre on a blue background')"
+    "(64 px, captions like 'a large red circle in the centre on a blue background', and partial ones like "
+    "'a red shape' that leave the rest to the noise)"
 )
 IMAGE_SIZE = 64
 # Two captions of its vocabulary (lab/shapes.py writes them all) and one of its training images, rendered
 # by lab.shapes.render: what the demo interpolates between and inverts.
 CIRCLE_CAPTION = "a large red circle in the centre on a blue background"
 SQUARE_CAPTION = "a large green square in the centre on a yellow background"
+# A partial caption: shape, size, position and background are left to the noise, as a real SD prompt
+# leaves pose and layout; what the demo's seed-to-seed interpolation runs under.
+PARTIAL_CAPTION = "a red shape"
 DEMO_IMAGE = MODELS_DIR / "demo" / "red-circle.png"
 # The LoRAs trained for it (lab/reproduction/train_shipped_loras.py): a Smooth-LoRA and its plain control,
 # as kohya files; copy them into the WebUI's models/Lora.
