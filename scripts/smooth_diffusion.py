@@ -1,4 +1,4 @@
-"""Smooth Diffusion extension for the AUTOMATIC1111 WebUI: registers the tab, settings, routes and scripts.
+"""Smooth Diffusion extension for the AUTOMATIC1111 WebUI and WebUI Forge: registers the tab, settings, routes and scripts.
 
 All logic lives in the `lib_smooth` package beside this folder; the WebUI puts the extension root on
 sys.path only while this file is imported, so everything is imported here, at top level.

@@ -7,7 +7,7 @@ by its layer widths, so the test builds a random-weight SD 1.5 of the published 
 in models/Stable-diffusion), a Lora folder of its own, links this repository into extensions/, and
 starts Forge offline on the CPU (--always-cpu) on a free loopback port. Every job's pixels are compared
 with lib_smooth's on the same weights. Afterwards only what the test made is removed.
-FORGE_E2E_SDXL=1 adds a full-size SDXL (7 GB of disk, ≈ 20 GB of RAM).
+FORGE_E2E_FULL_SIZE=1 adds full-size SD 2.x 768-v and SDXL checkpoints (SDXL: 7 GB of disk, ≈ 17 GB of RAM).
 """
 
 from __future__ import annotations
@@ -465,12 +465,20 @@ def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
     assert errors_of_ours(log) == []
 
 
-@pytest.mark.skipif(not os.environ.get("FORGE_E2E_SDXL"), reason="set FORGE_E2E_SDXL=1 to also check a full-size SDXL in Forge (7 GB, ≈ 17 GB RAM)")
-def test_full_size_sdxl(tmp_path):
-    """A random full-size SDXL: every job; an SDXL LoRA under diffusers names, converted to SDXL's block
-    names for Forge's Lora, changes the frames; an SD 1.5 LoRA is refused. Uses none of the SD 1.5 fixtures."""
+@pytest.mark.skipif(
+    not os.environ.get("FORGE_E2E_FULL_SIZE"),
+    reason="set FORGE_E2E_FULL_SIZE=1 to also check full-size SD 2.x 768-v and SDXL in Forge (SDXL: 7 GB of disk, ≈ 17 GB RAM)",
+)
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_full_size_sd2_v_and_sdxl(tmp_path, arch):
+    """A random full-size SD 2.x 768-v (v-prediction: its frames are lib_smooth's) or SDXL: every job; a LoRA
+    for it under diffusers names (SDXL's converted to its block names for Forge's Lora) changes the frames;
+    an SD 1.5 LoRA is refused. Uses none of the SD 1.5 fixtures."""
+    from lib_smooth.backends.diffusers_backend import DiffusersBackend
     from lib_smooth.backends.ldm_layout import save_single_file
+    from lib_smooth.jobs import run_interpolate
     from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya
+    from lib_smooth.requests import InterpolateRequest
     from lib_smooth.testing import build_full_size_backend
 
     (tmp_path / "loras").mkdir()
@@ -480,21 +488,26 @@ def test_full_size_sdxl(tmp_path):
         ),
         tmp_path / "loras" / "for-sd15.safetensors",
     )
-    checkpoint = Path(FORGE) / "models" / "Stable-diffusion" / f"smooth-e2e-sdxl-{os.getpid()}.safetensors"
-    link = Path(FORGE) / "extensions" / f"sd-webui-smooth-diffusion-e2e-sdxl-{os.getpid()}"
+    checkpoint = Path(FORGE) / "models" / "Stable-diffusion" / f"smooth-e2e-{arch}-{os.getpid()}.safetensors"
+    link = Path(FORGE) / "extensions" / f"sd-webui-smooth-diffusion-e2e-{arch}-{os.getpid()}"
+    plain = {"prompt_a": "a cat", "seed_a": 1, "seed_b": 2, "frames": 2, "steps": 2, **SIZE}
     try:
-        built = build_full_size_backend("sdxl", tokenizer_dir=tmp_path / "tok")
+        built = build_full_size_backend(arch, tokenizer_dir=tmp_path / "tok")
         save_single_file(built, checkpoint)
-        attention_lora(built, tmp_path / "loras" / "sdxl-smooth.safetensors", scale=0.05)
-        del built  # Forge holds SDXL in fp32 on the CPU: make room
+        attention_lora(built, tmp_path / "loras" / f"{arch}-smooth.safetensors", scale=0.05)
+        by_lib = None
+        if arch == "sd2":  # small enough to draw in lib_smooth too, at full precision as Forge holds it
+            parts = (built.unet_model, built.vae, built.text_encoders, built.tokenizers, built.alphas_cumprod, "v", "sd2")
+            by_lib = run_interpolate(DiffusersBackend(*parts, identity="random-sd2", dtype=torch.float32), InterpolateRequest(**plain)).frames
+        del built  # Forge holds the model in fp32 on the CPU: make room
         link.symlink_to(REPO)
         process, base, log = launch(tmp_path, checkpoint)
         server = {"base": base}
         try:
             answers = []
             for route, body in (
-                ("interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 2}),
-                ("interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 2, "lora": "sdxl-smooth"}),
+                ("interpolate", plain),
+                ("interpolate", dict(plain, lora=f"{arch}-smooth")),
                 ("interpolate", {"prompt_a": LONG_PROMPT, "prompt_b": "a cat", "negative_prompt": "blurry", "frames": 2, "steps": 2}),
                 ("invert", {"image": drawn(), "prompt": "a circle", "steps": 2, "inversion": "null-text", "null_text_steps": 1}),
                 ("istd", {"prompts": ["a cat"], "points": 3, "steps": 1}),
@@ -502,7 +515,11 @@ def test_full_size_sdxl(tmp_path):
                 status, answer = call(server, f"/smooth-diffusion/v1/{route}", dict(body, **SIZE))
                 assert status == 200, (route, answer)
                 answers.append(answer)
-            assert (tmp_path / "loras" / "sdxl-smooth_ldm.safetensors").is_file()  # SDXL's own block names for Forge's Lora
+            if by_lib is not None:
+                for by_forge, lib_frame in zip(answers[0]["frames"], by_lib):
+                    assert_same_pixels(image(by_forge), lib_frame)
+            converted = (tmp_path / "loras" / f"{arch}-smooth_ldm.safetensors").is_file()
+            assert converted == (arch == "sdxl")  # SDXL's own block names for Forge's Lora; SD 2 reads SD 1.5's
             assert np.abs(image(answers[0]["frames"][1]) - image(answers[1]["frames"][1])).mean() > 0.5
             status, answer = call(
                 server, "/smooth-diffusion/v1/interpolate", {"prompt_a": "a cat", "frames": 2, "steps": 1, "lora": "for-sd15", **SIZE}
