@@ -76,3 +76,15 @@ def test_settling_step_is_where_the_value_stays_within_tolerance_of_its_end():
     assert settling_step(trajectory) == 40  # 0.97 is within 5% but 1.2 leaves the band again
     assert settling_step(trajectory, tolerance=0.25) == 20
     assert settling_step([{"step": 0, "loss": 1.0}]) is None
+
+
+def test_the_cheap_settings_regularize_every_fourth_step_by_their_own_method(sd1):
+    """Interval 4 (vjp or the finite-difference JVP): the target a moves on steps 0, 4, 8 only, and the
+    LoRA file says which setting trained it."""
+    for method in ("vjp", "jvp_fd"):
+        run = LoraRun(1.0, rank=2, steps=9, batch=2, interval=4, method=method)
+        network, log = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1)
+        moved = [entry["step"] for previous, entry in zip([{"target_a": 0.0}] + log, log) if entry["target_a"] != previous["target_a"]]
+        assert moved == [0, 4, 8], (method, moved)
+        assert network.metadata["ss_smooth_interval"] == "4" and network.metadata["ss_smooth_method"] == method
+        assert run.name.endswith("_interval4") and (method == "vjp") != ("_jvp_fd" in run.name)

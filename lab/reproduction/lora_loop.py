@@ -36,10 +36,13 @@ class LoraRun:
     learning_rate: float = 1e-3
     ema_decay: float = 0.01
     warm_start: bool = False  # start the target a at the first batch's mean r (the official code: at 0)
+    interval: int = 1  # regularize every k-th step only, at k× the weight (the trainers' cheap setting)
+    method: str = "vjp"  # or "jvp_fd": the finite-difference JVP, one extra forward instead of a double backward
 
     @property
     def name(self) -> str:
-        return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}" + ("_warm" if self.warm_start else "")
+        cheap = (f"_{self.method}" if self.method != "vjp" else "") + (f"_interval{self.interval}" if self.interval != 1 else "")
+        return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}" + ("_warm" if self.warm_start else "") + cheap
 
 
 class LoraLinear(nn.Module):
@@ -89,9 +92,9 @@ def run_metadata(run: LoraRun) -> Dict[str, str]:
     return {
         "ss_smooth_lambda": str(run.weight),
         "ss_smooth_ema_decay": str(run.ema_decay),
-        "ss_smooth_interval": "1",
+        "ss_smooth_interval": str(run.interval),
         "ss_smooth_batch_shrink": "1",
-        "ss_smooth_method": "vjp",
+        "ss_smooth_method": run.method,
         "ss_smooth_warm_start": str(run.warm_start),
         "ss_smooth_regularizer": "lib_smooth step-wise variation (Smooth Diffusion, CVPR 2024)",
         "ss_network_alpha": str(run.rank),
@@ -119,13 +122,17 @@ def train_lora(
     when λ > 0. The log records every `log_every` steps the loss, the batch's mean variation r and
     the target a; for λ = 0 r is measured too (without training on it), as the plain reference.
     """
-    check_training_settings("vjp")
+    check_training_settings(run.method)
     torch.manual_seed(run.seed)
     model = copy.deepcopy(unet).train().requires_grad_(False)
     layers = add_lora(model, run.rank)
     parameters = lora_parameters(layers)
     optimizer = torch.optim.AdamW(parameters, lr=run.learning_rate, weight_decay=1e-2)  # the official run's AdamW defaults
-    regularizer = StepwiseVariationRegularizer(weight=run.weight, ema_decay=run.ema_decay, warm_start=run.warm_start) if run.weight > 0 else None
+    regularizer = (
+        StepwiseVariationRegularizer(weight=run.weight, ema_decay=run.ema_decay, warm_start=run.warm_start, interval=run.interval, method=run.method)
+        if run.weight > 0
+        else None
+    )
     log = []
     with double_backward_attention():
         for step in range(run.steps):
@@ -134,13 +141,20 @@ def train_lora(
             t = torch.randint(len(alphas_cumprod), (run.batch,))
             a_t = alphas_cumprod[t]
             noise = torch.randn_like(x0)
-            noisy = (a_t.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a_t).sqrt().view(-1, 1, 1, 1) * noise).requires_grad_(True)
+            noisy = a_t.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a_t).sqrt().view(-1, 1, 1, 1) * noise
+            # the input's graph only where a vjp is taken: the regularized steps, or the plain run's logged r
+            needs_input_grad = (regularizer.due and run.method == "vjp") if regularizer is not None else step % log_every == 0
+            noisy.requires_grad_(needs_input_grad)
             prediction = model(noisy, t, encoder_hidden_states=context).sample
             loss = (prediction - noise).pow(2).mean()
             x0_pred = predict_x0(prediction, noisy, a_t, "eps")
             stats: dict = {}
             if regularizer is not None:
-                penalty, stats = regularizer(x0_pred, noisy, a_t)
+
+                def x0_fn(subset, indices, t=t, context=context, a_t=a_t):  # a second forward, for jvp_fd
+                    return predict_x0(model(subset, t[indices], encoder_hidden_states=context[indices]).sample, subset, a_t[indices], "eps")
+
+                penalty, stats = regularizer(x0_pred, noisy, a_t, x0_fn=x0_fn)
                 total = loss + penalty
             else:
                 total = loss
@@ -171,3 +185,12 @@ def settling_step(trajectory: List[dict], key: str = "target_a", tolerance: floa
         else:
             settled = None
     return settled
+
+
+def settled_fraction(trajectory: list, tolerance: float = 0.05) -> float | None:
+    """Share of the logged steps at which the target a is within `tolerance` of its final value."""
+    values = [entry["target_a"] for entry in trajectory if "target_a" in entry]
+    if not values:
+        return None
+    final = values[-1]
+    return sum(abs(value - final) <= tolerance * abs(final) for value in values) / len(values)

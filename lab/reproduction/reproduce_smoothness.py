@@ -23,6 +23,7 @@ import functools
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from lab import shapes
 from lab.recipe.train_shapes_model import draw
-from lab.reproduction.lora_loop import LoraRun, settling_step, train_lora
+from lab.reproduction.lora_loop import LoraRun, settled_fraction, settling_step, train_lora
 from lib_smooth.backends import open_model
 from lib_smooth.evaluate import evaluate_istd
 from lib_smooth.images import pil_to_tensor, tensor_to_pils
@@ -49,9 +50,30 @@ HELD_OUT_SEED = 1  # data seed of the prompts and images used for measuring; tra
 FIGURES = ("istd", "mean_step", "normalized_istd", "max_step_ratio", "path_length", "endpoint_distance")
 
 
-def grid(seeds: List[int], steps: int, batch: int) -> List[LoraRun]:
-    runs = [LoraRun(weight, 8, seed, steps, batch) for weight in (0.0, 0.1, 1.0, 10.0) for seed in seeds]
-    return runs + [LoraRun(1.0, rank, seed, steps, batch) for rank in (4, 16) for seed in seeds]
+CHEAP_SETTINGS = ({"interval": 4}, {"interval": 4, "method": "jvp_fd"})  # the trainers' cheaper options, at λ = 1
+
+
+def grid(seeds: List[int], steps: int, batch: int, warm_start: bool = False) -> List[LoraRun]:
+    """In the order worth running them: λ 0 and 1, the cheap settings at λ 1, λ 0.1 and 10, then ranks 4 and 16."""
+    run = lambda weight, seed, rank=8, **cheap: LoraRun(weight, rank, seed, steps, batch, warm_start=warm_start and weight > 0, **cheap)  # noqa: E731
+    runs = [run(weight, seed) for weight in (0.0, 1.0) for seed in seeds]
+    runs += [run(1.0, seed, **cheap) for cheap in CHEAP_SETTINGS for seed in seeds]
+    runs += [run(weight, seed) for weight in (0.1, 10.0) for seed in seeds]
+    return runs + [run(1.0, seed, rank) for rank in (4, 16) for seed in seeds]
+
+
+def run_key(run: dict) -> str:
+    """The table row of a run: "lambda_1", "lambda_1_interval_4", "lambda_1_jvp_fd_interval_4"."""
+    key = f"lambda_{run['weight']:g}"
+    if run.get("method", "vjp") != "vjp":
+        key += f"_{run['method']}"
+    if run.get("interval", 1) != 1:
+        key += f"_interval_{run['interval']}"
+    return key
+
+
+def every_step(run: dict) -> bool:
+    return run.get("interval", 1) == 1 and run.get("method", "vjp") == "vjp"
 
 
 PARTIAL_CAPTIONS = 0.5  # share of training captions that leave attributes out, as the embedded model was trained
@@ -95,9 +117,22 @@ def inversion(backend, count: int, steps: int) -> dict:
     return {key: float(np.mean([row[key] for row in rows])) for key in ("mse", "psnr", "ssim")}
 
 
+def partial_prompts(count: int) -> List[str]:
+    """Held-out prompts that each leave at least one attribute to the noise (the paper's ISTD protocol
+    interpolates two noises under one prompt: on a model where the noise decides nothing it measures nothing)."""
+    import random
+
+    prompts = []
+    for i in range(count):
+        spec = shapes.spec_for(i, HELD_OUT_SEED)
+        caption = shapes.partial_caption(spec, random.Random(HELD_OUT_SEED * 1_000_003 + i), 0.5)
+        prompts.append(caption if caption != spec.caption else spec.caption_leaving_out(["shape"]))
+    return prompts
+
+
 def smoothness(backend, args, steps: int) -> dict:
-    """ISTD and its companions under the paper's protocol: 11-point slerps for held-out prompts × noise pairs."""
-    prompts = [shapes.spec_for(i, HELD_OUT_SEED).caption for i in range(args.prompts)]
+    """ISTD and its companions under the paper's protocol: 11-point slerps for held-out partial prompts × noise pairs."""
+    prompts = partial_prompts(args.prompts)
     report = evaluate_istd(backend, prompts, pairs=args.pairs, seed=1000, steps=steps, guidance=args.guidance, width=SIZE, height=SIZE, batch_size=11)
     return {k: getattr(report.mean, k) for k in FIGURES}
 
@@ -148,7 +183,7 @@ def summarise(runs: List[dict], key_of) -> Dict[str, dict]:
     for result in runs:
         groups.setdefault(key_of(result["run"]), []).append(result)
     table = {}
-    for key, members in sorted(groups.items(), key=lambda item: float(item[0].split("_")[1])):
+    for key, members in sorted(groups.items(), key=lambda item: (float(item[0].split("_")[1]), item[0])):
         row = {f: spread([m["smoothness"][f] for m in members]) for f in FIGURES}
         row.update({f"inversion_{f}": spread([m["inversion"][f] for m in members]) for f in ("mse", "psnr", "ssim")})
         row.update({f"quality_{f}": spread([m["quality"][f] for m in members]) for f in ("both", "colour", "shape", "frechet")})
@@ -221,7 +256,7 @@ def markdown_tables(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(summary: dict, runs: List[dict]) -> List[str]:
+def plots(summary: dict, runs: List[dict], name: str = "smoothness") -> List[str]:
     try:
         import matplotlib
 
@@ -253,8 +288,8 @@ def plots(summary: dict, runs: List[dict]) -> List[str]:
         ax.set_title(label)
     fig.suptitle("shapes-sd1, rank-8 LoRA: mean ± std over seeds (dots: single seeds)")
     fig.tight_layout()
-    fig.savefig(RESULTS / "smoothness_lambda.png", dpi=90)
-    written.append("smoothness_lambda.png")
+    fig.savefig(RESULTS / f"{name}_lambda.png", dpi=90)
+    written.append(f"{name}_lambda.png")
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for result in runs:
         run = result["run"]
@@ -272,8 +307,8 @@ def plots(summary: dict, runs: List[dict]) -> List[str]:
     ax.set_title("the regularizer's moving target a (rank 8, every seed)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "target_a.png", dpi=90)
-    written.append("target_a.png")
+    fig.savefig(RESULTS / f"{name}_target_a.png", dpi=90)
+    written.append(f"{name}_target_a.png")
     plt.close("all")
     return written
 
@@ -366,6 +401,9 @@ def main() -> None:
         metavar="STEPS",
         help="only measure ISTD again at STEPS DDIM steps for the base model and the finished λ = 0 / 1 rank-8 LoRAs",
     )
+    parser.add_argument("--runs", type=int, help="only the first RUNS runs of the grid (its order: λ 0 and 1, the cheap settings, λ 0.1 / 10, ranks)")
+    parser.add_argument("--results-name", default="smoothness", help="the results' file name in lab/reproduction/results (.json, .md)")
+    parser.add_argument("--warm-start", action="store_true", help="start the regularized runs' target a at the first batch's mean r")
     parser.add_argument("--finished-only", action="store_true", help="write the results from the finished runs in --work, listing the missing ones")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few pairs (results not written)")
     args = parser.parse_args()
@@ -384,7 +422,7 @@ def main() -> None:
     if args.target_a_steps:
         result = long_target_run(backend, data, args.target_a_steps, args.batch)
         return print(f"target a settled (within 1/2/5 %) at steps {result['settled_at']}; wrote {RESULTS / 'target_a_long.json'}")
-    todo = grid(args.seeds, args.train_steps, args.batch)
+    todo = grid(args.seeds, args.train_steps, args.batch, args.warm_start)[: args.runs]
     if args.shard:
         index, count = map(int, args.shard.split("/"))
         runs = [run_one(backend, data, run, work, args) for run in tqdm(todo[index::count], desc=f"runs, shard {args.shard}")]
@@ -399,26 +437,35 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, no GPU",
         "protocol": {
             k: getattr(args, k)
-            for k in ("prompts", "pairs", "steps", "guidance", "inversion_images", "samples", "train_steps", "batch", "train_images")
+            for k in ("prompts", "pairs", "steps", "guidance", "inversion_images", "samples", "train_steps", "batch", "train_images", "warm_start")
         },
         "seeds": args.seeds,
         "base_model": base,
-        "table_lambda": summarise([r for r in runs if r["run"]["rank"] == 8], lambda run: f"lambda_{run['weight']:g}"),
-        "table_rank": summarise([r for r in runs if r["run"]["weight"] == 1.0], lambda run: f"rank_{run['rank']}"),
+        "table_lambda": summarise([r for r in runs if r["run"]["rank"] == 8], run_key),
+        "table_rank": summarise([r for r in runs if r["run"]["weight"] == 1.0 and every_step(r["run"])], lambda run: f"rank_{run['rank']}"),
     }
     summary["runs_missing"] = missing if args.finished_only else []
     summary["versus_plain_lora"] = versus_plain(summary["table_lambda"])
     summary["istd"] = {key: row["istd"]["mean"] for key, row in summary["table_lambda"].items()}
     summary["normalized_istd"] = {key: row["normalized_istd"]["mean"] for key, row in summary["table_lambda"].items()}
+    summary["istd_per_seed"] = {
+        run_key(r["run"]): [m["smoothness"]["istd"] for m in runs if run_key(m["run"]) == run_key(r["run"]) and m["run"]["rank"] == 8]
+        for r in runs
+        if r["run"]["rank"] == 8
+    }
+    summary["train_steps"], summary["ema_decay"] = args.train_steps, LoraRun(1.0).ema_decay
     summary["target_a_settled_at"] = {LoraRun(**r["run"]).name: r["target_a_settled_at"] for r in runs if r["run"]["weight"] > 0}
+    fractions = [settled_fraction(r["trajectory"]) for r in runs if r["run"]["weight"] > 0]
+    summary["settled_fraction"] = min((f for f in fractions if f is not None), default=None)  # the least settled run
     summary["runs"] = runs
     if args.quick:
         print(json.dumps({k: summary[k] for k in ("istd", "normalized_istd")}, indent=1))
         return
-    summary["plots"] = plots(summary, runs)
-    (RESULTS / "smoothness.json").write_text(json.dumps(summary, indent=1))
-    (RESULTS / "smoothness.md").write_text(markdown_tables(summary))
-    print(f"wrote {RESULTS / 'smoothness.json'}")
+    summary["plots"] = plots(summary, runs, args.results_name)
+    summary["command"] = "python -m lab.reproduction.reproduce_smoothness " + " ".join(sys.argv[1:])
+    (RESULTS / f"{args.results_name}.json").write_text(json.dumps(summary, indent=1))
+    (RESULTS / f"{args.results_name}.md").write_text(markdown_tables(summary))
+    print(f"wrote {RESULTS / args.results_name}.json")
 
 
 if __name__ == "__main__":

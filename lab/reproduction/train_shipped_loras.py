@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lab.reproduction.lora_loop import LoraRun, settling_step, train_lora
+from lab.reproduction.lora_loop import LoraRun, settled_fraction, settling_step, train_lora
 from lab.reproduction.reproduce_smoothness import training_data
 from lib_smooth.backends import open_model
 from lib_smooth.backends.shapes_model import LORA_DIR
@@ -28,15 +28,6 @@ from lib_smooth.lora_formats import save_kohya
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = {1.0: "shapes-sd1-smooth", 0.0: "shapes-sd1-plain"}
-
-
-def settled_fraction(trajectory: list, tolerance: float = 0.05) -> float | None:
-    """Share of the logged steps at which the target a is within `tolerance` of its final value."""
-    values = [entry["target_a"] for entry in trajectory if "target_a" in entry]
-    if not values:
-        return None
-    final = values[-1]
-    return sum(abs(value - final) <= tolerance * abs(final) for value in values) / len(values)
 
 
 def main() -> None:
