@@ -109,7 +109,7 @@ class ForgeBackend:
                     continue
                 for key, entries in patches.items():
                     kind, tensors = entries[0][1]
-                    target = _attribute(module, key)
+                    target = module.get_parameter(key)
                     delta = (tensors[0].shape[0], tensors[1].shape[1]) if kind == "lora" and target.dim() >= 2 else ()
                     matched.append((key, delta, tuple(target.shape) if delta else ()))
         lora_folder.check_fit(requested, prepared, matched)
@@ -217,9 +217,3 @@ def ordinary_tensors(module: torch.nn.Module) -> None:
 def saved_copy(tensor: torch.Tensor) -> torch.Tensor:
     """What autograd keeps of a tensor it saves for the backward pass: a copy (weights: themselves)."""
     return tensor if isinstance(tensor, torch.nn.Parameter) else tensor.clone()
-
-
-def _attribute(module: torch.nn.Module, dotted: str) -> torch.Tensor:
-    for part in dotted.split("."):
-        module = getattr(module, part)
-    return module
