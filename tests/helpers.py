@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
 import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from lib_smooth.images import png_bytes
 
@@ -40,3 +49,70 @@ class CountingBackend:
         self.calls += 1
         self.samples += x.shape[0]
         return self.inner.unet(x, t, cond)
+
+
+# --- a real WebUI or Forge over HTTP (the end-to-end suites) ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def call(server: dict, path: str, body=None, method=None, headers=None) -> tuple:
+    """(status, JSON answer) of one request to server["base"]; a 4xx/5xx answer is returned, not raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        server["base"] + path,
+        data=data,
+        method=method or ("POST" if data else "GET"),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def image(value: str) -> np.ndarray:
+    """A base64 PNG from an answer as float pixels (so differences do not wrap around as uint8 would)."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))).convert("RGB")).astype(np.float64)
+
+
+def drawn() -> str:
+    """A 64 px orange circle on navy, as the base64 PNG an image field takes."""
+    picture = Image.new("RGB", (64, 64), "navy")
+    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="orange")
+    return b64(picture)
+
+
+def interrupted(server: dict, path: str, body: dict, after_steps: int = 2) -> tuple:
+    """Start a long job, press Interrupt once it shows `after_steps` steps of progress; returns its answer,
+    the seconds it ran on after the Interrupt, and the progress state seen just before (live preview included)."""
+    outcome = {}
+    # the last job's progress stays until a new one begins, which it marks with a timestamp of whole seconds
+    previous_job = call(server, "/sdapi/v1/progress")[1]["state"]["job_timestamp"]
+    time.sleep(1.1)
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", call(server, path, body)))
+    worker.start()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        state = call(server, "/sdapi/v1/progress")[1]["state"]
+        if state["job_timestamp"] != previous_job and state["sampling_step"] >= after_steps:
+            break
+        time.sleep(0.2)
+    progress = call(server, "/sdapi/v1/progress?skip_current_image=false")[1]
+    started = time.time()
+    assert call(server, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
+    worker.join(timeout=120)
+    return outcome["result"], time.time() - started, progress

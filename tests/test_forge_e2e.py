@@ -17,9 +17,7 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from helpers import call, drawn, free_port, image, interrupted, stop
 
 REPO = Path(__file__).resolve().parents[1]
 FORGE = os.environ.get("FORGE_DIR")
@@ -61,12 +61,6 @@ def foreign_loras(folder: Path) -> None:
     write("for-sdxl", {"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": LoraLayer(torch.ones(4, 1280), torch.ones(1280, 4))})
     write("sd2-sized", {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": LoraLayer(torch.ones(4, 1024), torch.ones(320, 4))})
     write("elsewhere", {"lora_unet_input_blocks_40_1_proj_in": LoraLayer(torch.ones(4, 320), torch.ones(320, 4))})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
@@ -128,14 +122,6 @@ def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
     raise RuntimeError("Forge did not answer in 240 s:\n" + log.read_text()[-3000:])
 
 
-def stop(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def remove_checkpoint(checkpoint: Path) -> None:
     """The test's own checkpoint and what Forge may have made of it (a failed load renames it .corrupted)."""
     for path in (checkpoint, checkpoint.with_suffix(".yaml"), checkpoint.with_name(checkpoint.name + ".corrupted")):
@@ -186,33 +172,6 @@ def forge(installed):
         yield {"base": base, "log": log}
     finally:
         stop(process)
-
-
-def call(server, path, body=None, method=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        server["base"] + path,
-        data=data,
-        method=method or ("POST" if data else "GET"),
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def image(value: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))).convert("RGB")).astype(np.float64)
-
-
-def drawn() -> str:
-    picture = Image.new("RGB", (64, 64), "navy")
-    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="orange")
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def assert_same_pixels(by_forge: np.ndarray, by_lib) -> None:
@@ -352,26 +311,6 @@ def test_img2img_smooth_inversion_script(forge):
     for script_args, reason in ((["a", 0.8, "magic"], "inversion must be one of ddim"), (["a", 1.5, "ddim"], "switch_ratio must be between 0 and 1")):
         status, body = call(forge, "/sdapi/v1/img2img", img2img(script_args))
         assert status == 422 and reason in body["detail"], body
-
-
-def interrupted(forge, path, body, after_steps: int = 2) -> tuple:
-    """Start a long job, press Interrupt once it shows `after_steps` steps of progress; returns its answer,
-    the seconds it ran on, and the progress state seen just before the Interrupt (live preview included)."""
-    outcome = {}
-    previous_job = call(forge, "/sdapi/v1/progress")[1]["state"]["job_timestamp"]  # the last job's progress stays until a new one begins
-    worker = threading.Thread(target=lambda: outcome.setdefault("result", call(forge, path, body)))
-    worker.start()
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        state = call(forge, "/sdapi/v1/progress")[1]["state"]
-        if state["job_timestamp"] != previous_job and state["sampling_step"] >= after_steps:
-            break
-        time.sleep(0.2)
-    progress = call(forge, "/sdapi/v1/progress?skip_current_image=false")[1]
-    started = time.time()
-    assert call(forge, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
-    worker.join(timeout=120)
-    return outcome["result"], time.time() - started, progress
 
 
 def test_progress_live_preview_and_interrupt_of_a_job_and_of_the_img2img_script(forge):

@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from helpers import call, drawn, free_port, image, interrupted, stop
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("WEBUI_DIR")
@@ -31,12 +32,6 @@ pytestmark = pytest.mark.skipif(
     reason="WEBUI_DIR is not set: point it at an installed AUTOMATIC1111 WebUI v1.10.1 "
     "(README, Tests: WEBUI_DIR / WEBUI_PYTHON) to test the extension for real",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_lora(backend, path: Path) -> None:
@@ -175,14 +170,6 @@ def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
     raise RuntimeError("the WebUI did not answer in 180 s:\n" + log_path.read_text()[-3000:])
 
 
-def stop(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A tiny checkpoint, a Lora folder with one LoRA, and this repository linked into extensions/."""
@@ -216,30 +203,6 @@ def webui(installed):
         yield {"base": base}
     finally:
         stop(process)
-
-
-def call(webui, path, body=None, method=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        webui["base"] + path, data=data, method=method or ("POST" if data else "GET"), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def image(value: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))).convert("RGB"))
-
-
-def drawn() -> str:
-    picture = Image.new("RGB", (64, 64), "navy")
-    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="orange")
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def txt2img(webui) -> np.ndarray:
@@ -415,9 +378,6 @@ def test_img2img_smooth_inversion_refuses_bad_script_args(webui, script_args, re
 
 
 def test_img2img_smooth_inversion_interrupted_answers_409(webui):
-    import threading
-
-    outcome = {}
     payload = {
         "init_images": [drawn()],
         "prompt": "a green square",
@@ -428,14 +388,7 @@ def test_img2img_smooth_inversion_interrupted_answers_409(webui):
         "script_name": "smooth inversion",
         "script_args": ["an orange circle", 0.8, "ddim"],
     }
-    worker = threading.Thread(target=lambda: outcome.setdefault("result", call(webui, "/sdapi/v1/img2img", payload)))
-    worker.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and call(webui, "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 3:
-        time.sleep(0.2)
-    assert call(webui, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
-    worker.join(timeout=60)
-    status, body = outcome["result"]
+    (status, body), _, _ = interrupted(webui, "/sdapi/v1/img2img", payload, after_steps=3)
     assert status == 409 and "interrupted" in body["detail"], body
     assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
 
@@ -585,28 +538,10 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
 
 
 def test_interrupt_stops_a_job_within_a_step(webui):
-    import threading
-
-    outcome = {}
-
-    def long_job():
-        outcome["result"] = call(
-            webui,
-            "/smooth-diffusion/v1/interpolate",
-            {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 64, "steps": 200, "width": 128, "height": 128, "batch_size": 1},
-        )
-
-    worker = threading.Thread(target=long_job)
-    worker.start()
-    deadline = time.time() + 60
-    while time.time() < deadline and call(webui, "/sdapi/v1/progress")[1]["state"]["sampling_step"] < 3:
-        time.sleep(0.2)
-    started = time.time()
-    assert call(webui, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
-    worker.join(timeout=60)
-    status, body = outcome["result"]
+    job = {"prompt_a": "a red circle", "seed_a": 1, "seed_b": 2, "frames": 64, "steps": 200, "width": 128, "height": 128, "batch_size": 1}
+    (status, body), seconds, _ = interrupted(webui, "/smooth-diffusion/v1/interpolate", job, after_steps=3)
     assert status == 409 and "interrupted" in body["detail"]
-    assert time.time() - started < 10  # 64 frames × 200 steps would take minutes
+    assert seconds < 10  # 64 frames × 200 steps would take minutes
     assert call(webui, "/smooth-diffusion/v1/version")[0] == 200
 
 
