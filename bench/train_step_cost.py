@@ -10,6 +10,7 @@ cycles, i.e. the amortised cost).
     python -m bench.train_step_cost                  # CPU, writes bench/results/train_step_cost.json
     python -m bench.train_step_cost --device cuda    # on a GPU, writes train_step_cost_cuda.json
     python -m bench.train_step_cost --device cuda --model SD15_FOLDER --batch 4 --latent-size 64 --output FILE
+    python -m bench.train_step_cost --model SD15_FOLDER --batch 1 --latent-size 32 --variants ... --output FILE  # CPU, full size
 """
 
 from __future__ import annotations
@@ -115,16 +116,16 @@ def run_variant(name: str, model: str | None, device: str, batch: int, size: int
     return {"variant": name, "peak_mib": peak}
 
 
-def round_robin(model: str | None, device: str, batch: int, size: int, rank: int, rounds: int, steps: int) -> dict:
+def round_robin(model: str | None, device: str, batch: int, size: int, rank: int, rounds: int, steps: int, names: list) -> dict:
     """Step times with the variants interleaved in one process: every round runs each variant `steps`
     steps (whole interval cycles) in turn, so a slow spell of the machine hits all of them alike; each
     round's ratio is against the plain LoRA of the same round."""
     setup = Setup(model, device, batch, size, rank)
-    regs = {name: regularizer(name) for name in VARIANTS}
+    regs = {name: regularizer(name) for name in names}
     for name, reg in regs.items():  # warm-up: one whole cycle each
         for _ in range(4):
             setup.step(reg)
-    seconds = {name: [] for name in VARIANTS}
+    seconds = {name: [] for name in names}
     for _ in range(rounds):
         for name, reg in regs.items():
             seconds[name].append(per_step(name, [setup.step(reg) for _ in range(steps)]))
@@ -151,6 +152,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=28, help="steps of each memory run, the first 4 being warm-up")
     parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds for the step times")
     parser.add_argument("--round-steps", type=int, default=8, help="steps per variant and round (a multiple of 4: whole interval cycles)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="a subset, for a large model (the plain LoRA is always measured)",
+    )
     parser.add_argument("--output", help="result file (default: bench/results/train_step_cost[_cuda].json)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
@@ -181,12 +189,13 @@ def main() -> None:
     baseline = json.loads(
         subprocess.run([*child, "--baseline", *common], stdout=subprocess.PIPE, text=True, check=True, cwd=root).stdout.splitlines()[-1]
     )
+    names = ["plain LoRA"] + [name for name in args.variants if name != "plain LoRA"]
     rows = []
-    for name in VARIANTS:
+    for name in names:
         out = subprocess.run([*child, "--variant", name, *common], stdout=subprocess.PIPE, text=True, check=True, cwd=root)
         rows.append(json.loads(out.stdout.splitlines()[-1]))
     # time: all variants interleaved round-robin in this process
-    timing = round_robin(args.model, args.device, args.batch, args.latent_size, args.rank, args.rounds, args.round_steps)
+    timing = round_robin(args.model, args.device, args.batch, args.latent_size, args.rank, args.rounds, args.round_steps, names)
     plain = rows[0]
     for row in rows:
         row.update(timing[row["variant"]])

@@ -12,7 +12,8 @@ several seeds; then measures every LoRA (and the base model) the way the paper d
 - sample quality (in place of FID / CLIP score): the shapes detector's accuracy on samples for
   held-out prompts and a Fréchet distance between detector features of samples and of real images.
 
-Finished runs are kept in --work, so an interrupted reproduction resumes. Writes
+`--warm-versus-cold STEPS` instead trains λ = 1 STEPS long with the target a started cold and warm
+(results/warm_versus_cold.*). Finished runs are kept in --work, so an interrupted reproduction resumes. Writes
 lab/reproduction/results/smoothness.json and the plots in lab/reproduction/results/ (matplotlib, `pip install matplotlib`).
 """
 
@@ -313,37 +314,56 @@ def plots(summary: dict, runs: List[dict], name: str = "smoothness") -> List[str
     return written
 
 
-def long_target_run(backend, data: Callable[[], tuple], steps: int, batch: int) -> dict:
-    """One λ = 1, rank-8 LoRA trained for `steps` only to record how long the moving target a takes to settle."""
-    start = time.perf_counter()
-    _, log = train_lora(backend.unet_model, backend.alphas_cumprod, *data(), LoraRun(1.0, 8, 0, steps, batch))
-    result = {
-        "run": asdict(LoraRun(1.0, 8, 0, steps, batch)),
-        "seconds": round(time.perf_counter() - start, 1),
-        "settled_at": {f"{int(t * 100)}%": settling_step(log, tolerance=t) for t in (0.01, 0.02, 0.05)},
-        "trajectory": log,
-    }
-    (RESULTS / "target_a_long.json").write_text(json.dumps(result, indent=1))
+def warm_versus_cold(backend, data: Callable[[], tuple], steps: int, work: Path, args) -> dict:
+    """λ = 1, rank 8, seed 0 trained `steps` long twice, the target a started cold (0, the official code) and
+    warm (the first batch's mean r), each measured like a grid run: does the warm start end as smooth as the
+    cold one, and how much of each run is spent with a away from its final value? Runs are kept in
+    work/long{steps}, one per shard."""
+    runs = [LoraRun(1.0, 8, 0, steps, args.batch, warm_start=warm) for warm in (False, True)]
+    if args.shard:
+        index, count = map(int, args.shard.split("/"))
+        runs = runs[index::count]
+    folder = work / f"long{steps}"
+    folder.mkdir(exist_ok=True)
+    results = {("warm" if run.warm_start else "cold"): run_one(backend, data, run, folder, args) for run in tqdm(runs, desc="warm versus cold")}
+    if args.shard:
+        return results
+    command = "python -m lab.reproduction.reproduce_smoothness " + " ".join(sys.argv[1:])
+    result = {"steps": steps, "batch": args.batch, "ema_decay": runs[0].ema_decay, "command": command}
+    for start, record in results.items():
+        log = record["trajectory"]
+        result[start] = {
+            "smoothness": record["smoothness"],
+            "inversion": record["inversion"],
+            "quality": record["quality"],
+            "target_a_first": log[0]["target_a"],
+            "target_a_final": log[-1]["target_a"],
+            "settled_fraction": {f"{int(t * 100)}%": settled_fraction(log, tolerance=t) for t in (0.02, 0.05, 0.1)},
+            "settled_at": {f"{int(t * 100)}%": settling_step(log, tolerance=t) for t in (0.02, 0.05, 0.1)},
+            "training_seconds": record["training_seconds"],
+        }
+    warm, cold = results["warm"]["smoothness"], results["cold"]["smoothness"]
+    result["warm_versus_cold"] = {f: warm[f] / cold[f] - 1 for f in ("istd", "normalized_istd", "mean_step")}
+    if args.quick:
+        return result
+    (RESULTS / "warm_versus_cold.json").write_text(json.dumps(result, indent=1))
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6.5, 3.6))
-        ax.plot([e["step"] for e in log if "target_a" in e], [e["target_a"] for e in log if "target_a" in e], color="#37a", label="target a")
-        ax.plot(
-            [e["step"] for e in log if "variation_mean" in e],
-            [e["variation_mean"] for e in log if "variation_mean" in e],
-            color="#bbb",
-            lw=0.8,
-            label="batch mean r",
-        )
-        ax.set_xlabel("training step")
-        ax.set_title(f"λ = 1, rank 8, seed 0: the moving target a over {steps} steps")
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for start, colour in (("cold", "#c63"), ("warm", "#37a")):
+            log = results[start]["trajectory"]
+            ax.plot([e["step"] for e in log], [e["variation_mean"] for e in log], color=colour, lw=0.5, alpha=0.35)
+            ax.plot([e["step"] for e in log], [e["target_a"] for e in log], color=colour, label=f"target a, {start} start")
+        ax.set_xlabel("training step (faint: the logged batches' mean r)")
+        ax.set_title(f"λ = 1, rank 8, seed 0, {steps} steps: the moving target a from a cold and a warm start")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "target_a_long.png", dpi=90)
+        fig.savefig(RESULTS / "warm_versus_cold.png", dpi=90)
+        plt.close(fig)
     except ImportError:
         pass
     return result
@@ -394,7 +414,12 @@ def main() -> None:
         help="K/N: only every N-th run from the K-th (start N processes with one torch thread each: "
         "faster than one process on a small model); then run once without it",
     )
-    parser.add_argument("--target-a-steps", type=int, default=0, help="instead of the grid: one λ = 1 run this long, to see the target a settle")
+    parser.add_argument(
+        "--warm-versus-cold",
+        type=int,
+        metavar="STEPS",
+        help="instead of the grid: λ = 1 trained STEPS long from a cold and from a warm target a, measured like the grid (2 shards)",
+    )
     parser.add_argument(
         "--remeasure-istd",
         type=int,
@@ -419,9 +444,11 @@ def main() -> None:
     if args.remeasure_istd:
         result = remeasure_istd(backend, work, args.remeasure_istd, args)
         return print(json.dumps(result, indent=1)[:2000])
-    if args.target_a_steps:
-        result = long_target_run(backend, data, args.target_a_steps, args.batch)
-        return print(f"target a settled (within 1/2/5 %) at steps {result['settled_at']}; wrote {RESULTS / 'target_a_long.json'}")
+    if args.warm_versus_cold:
+        result = warm_versus_cold(backend, data, args.warm_versus_cold, work, args)
+        if args.shard:
+            return print(f"shard {args.shard} done in {work / f'long{args.warm_versus_cold}'}; run again without --shard to write the results")
+        return print(f"warm against cold: {result['warm_versus_cold']}; wrote {RESULTS / 'warm_versus_cold.json'}")
     todo = grid(args.seeds, args.train_steps, args.batch, args.warm_start)[: args.runs]
     if args.shard:
         index, count = map(int, args.shard.split("/"))
