@@ -11,6 +11,9 @@ keeps a moving target a (one scalar for all timesteps, starting at 0) and penali
     a ← a + decay·(mean r − a)          (kept in the graph, as the official code does)
     penalty = weight · mean((r − a)²)
 
+The decay is per training step: a lazy run that regularizes every k-th step updates a by
+1 − (1 − decay)^k each time, so its target follows r as many steps behind as an every-step run's.
+
 This pushes the Jacobian towards a scaled orthogonal map: equal input steps give equal output steps.
 """
 
@@ -138,7 +141,9 @@ class StepwiseVariationRegularizer:
 
     Call it once per training micro-step with the step's x̂₀ (computed from `noisy_latents` that
     require grad) and the per-sample ᾱ_t. With `interval=k` only every k-th call regularizes, with
-    weight·k so the average strength is unchanged (StyleGAN2's lazy regularization); check `due`
+    weight·k so the average strength is unchanged (StyleGAN2's lazy regularization), and moves the target
+    by the decay compounded over the k steps (StyleGAN2 keeps the decay per update, so its target lags k
+    times as many steps: in a short run it never settles); check `due`
     before the UNet call to skip preparing for it. `batch_shrink=s` regularizes the first ⌈B/s⌉
     samples, through `x0_fn` (an extra forward on that subset) so the saving is real.
     """
@@ -177,6 +182,11 @@ class StepwiseVariationRegularizer:
         return self.weight > 0 and self.calls % self.interval == 0
 
     @property
+    def update_rate(self) -> float:
+        """How far one update moves a towards the mean r: the per-step decay compounded over the interval."""
+        return 1 - (1 - self.ema_decay) ** self.interval
+
+    @property
     def needs_x0_fn(self) -> bool:
         return self.method == "jvp_fd" or self.batch_shrink > 1
 
@@ -197,7 +207,7 @@ class StepwiseVariationRegularizer:
         mean_r = _global_mean(r.mean())
         if self.warm_start and self.updates == 0:
             self.target_a = float(mean_r.detach())
-        a = self.target_a + self.ema_decay * (mean_r - self.target_a)
+        a = self.target_a + self.update_rate * (mean_r - self.target_a)
         penalty = self.weight * self.interval * ((r - a) ** 2).mean()
         self.target_a = float(a.detach())
         self.updates += 1

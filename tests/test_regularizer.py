@@ -136,10 +136,28 @@ def test_lazy_interval_runs_every_kth_call_with_k_times_the_weight():
             continue
         a_before = reg.target_a
         penalty, stats = run(reg, model, x_t, t, alphas, y)
-        a = a_before + 0.01 * (r.mean().item() - a_before)
+        a = a_before + (1 - 0.99**3) * (r.mean().item() - a_before)  # the per-step decay over the 3 steps
         assert penalty.item() == pytest.approx(3 * ((r - a) ** 2).mean().item(), rel=1e-10)
     assert dues == [True, False, False, True, False, False, True]
     assert reg.state_dict() == {"target_a": reg.target_a, "calls": 7, "updates": 3}
+
+
+def test_a_lazy_runs_target_follows_r_as_many_steps_behind_as_an_every_step_runs():
+    model = ToyUNet()
+    t, alphas = torch.tensor([100, 600]), torch.tensor([0.9, 0.3], dtype=torch.float64)
+    x_t = torch.randn(2, *SHAPE, dtype=torch.float64)
+    y = default_direction(x_t, torch.Generator().manual_seed(0))
+    mean_r = brute_force_r(model, x_t, t, alphas, "eps", y).mean().item()
+    every, lazy = StepwiseVariationRegularizer(ema_decay=0.1), StepwiseVariationRegularizer(ema_decay=0.1, interval=4)
+    for _ in range(12):  # the same batch each step: a constant r
+        for reg in (every, lazy):
+            if reg.due:
+                run(reg, model, x_t, t, alphas, y)
+            else:
+                reg(torch.zeros(2, *SHAPE), torch.zeros(2, *SHAPE), alphas)
+    # from a = 0, twelve steps of decay 0.1 leave (1 − 0.9¹²) of the way to r: 72 %, for both runs
+    assert every.target_a == pytest.approx((1 - 0.9**12) * mean_r, rel=1e-9)
+    assert lazy.target_a == pytest.approx(every.target_a, rel=1e-9) and lazy.state_dict()["updates"] == 3
 
 
 def test_batch_shrink_uses_the_first_samples_through_an_extra_forward():

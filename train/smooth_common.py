@@ -82,7 +82,7 @@ def add_smooth_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--smooth_lambda", type=float, default=1.0, help="weight λ of the step-wise variation regularizer (paper: 1; 0 trains a plain LoRA)"
     )
-    group.add_argument("--smooth_ema_decay", type=float, default=0.01, help="decay of the moving target a (official code: 0.01)")
+    group.add_argument("--smooth_ema_decay", type=float, default=0.01, help="decay of the moving target a per micro-step (official code: 0.01)")
     group.add_argument(
         "--smooth_warm_start",
         action="store_true",
