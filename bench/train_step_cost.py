@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,14 @@ def run_variant(name: str, model: str | None, device: str, batch: int, size: int
     return {"variant": name, "peak_mib": peak}
 
 
+def memory_ratio(peak_mib: float, plain_mib: float, baseline_mib: float | None) -> float | None:
+    """A variant's memory over the plain LoRA's, or None where the plain step's peak RSS hides under the
+    model-only process's (a large model's loading peak is a high-water mark the plain step never passes)."""
+    if baseline_mib is not None and plain_mib < 0.05 * baseline_mib:
+        return None
+    return peak_mib / plain_mib
+
+
 def round_robin(model: str | None, device: str, batch: int, size: int, rank: int, rounds: int, steps: int, names: list) -> dict:
     """Step times with the variants interleaved in one process: every round runs each variant `steps`
     steps (whole interval cycles) in turn, so a slow spell of the machine hits all of them alike; each
@@ -203,7 +212,8 @@ def main() -> None:
         row["time_ratio"] = row["time_ratio_median"]
         if args.device != "cuda":
             row["peak_mib"] -= baseline["peak_mib"]
-        row["memory_ratio"] = row["peak_mib"] / plain["peak_mib"]
+    for row in rows:
+        row["memory_ratio"] = memory_ratio(row["peak_mib"], plain["peak_mib"], baseline["peak_mib"] if args.device != "cuda" else None)
     result = {
         "model": args.model or DESCRIPTION,
         "device": args.device,
@@ -213,8 +223,9 @@ def main() -> None:
         "rank": args.rank,
         "timing": f"round-robin in one process: {args.rounds} rounds × {args.round_steps} steps per variant, after a 4-step warm-up each; "
         "ratio = the variant's step / the plain LoRA's step of the same round (median and range over rounds)",
-        "command": "python -m bench.train_step_cost " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.train_step_cost " + shlex.join(sys.argv[1:]),
         "memory": "peak CUDA allocation above the UNet's weights" if args.device == "cuda" else "peak RSS above the model-only baseline",
+        "baseline_mib": None if args.device == "cuda" else baseline["peak_mib"],
         "rows": rows,
     }
     folder = Path(__file__).parent / "results"
@@ -230,7 +241,7 @@ def main() -> None:
         low, high = row["time_ratio_range"]
         print(
             f"{row['variant']:28s} {row['seconds_per_step']:8.4f} {row['time_ratio']:8.2f} {low:6.2f}–{high:<6.2f} "
-            f"{row['peak_mib']:8.1f} {row['memory_ratio']:8.2f}"
+            f"{row['peak_mib']:8.1f} {'—' if row['memory_ratio'] is None else format(row['memory_ratio'], '.2f'):>8s}"
         )
     print(f"wrote {path}")
 

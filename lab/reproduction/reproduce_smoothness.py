@@ -51,6 +51,14 @@ HELD_OUT_SEED = 1  # data seed of the prompts and images used for measuring; tra
 FIGURES = ("istd", "mean_step", "normalized_istd", "max_step_ratio", "path_length", "endpoint_distance")
 
 
+COLOURS = {
+    "lambda_0": "#888",
+    "lambda_0.1": "#9bc",
+    "lambda_1": "#37a",
+    "lambda_10": "#c63",
+    "lambda_1_interval_4": "#7a5",
+    "lambda_1_jvp_fd_interval_4": "#a7c",
+}
 CHEAP_SETTINGS = ({"interval": 4}, {"interval": 4, "method": "jvp_fd"})  # the trainers' cheaper options, at λ = 1
 
 
@@ -71,6 +79,11 @@ def run_key(run: dict) -> str:
     if run.get("interval", 1) != 1:
         key += f"_interval_{run['interval']}"
     return key
+
+
+def label(key: str) -> str:
+    """A table row's key as people read it: lambda_1_jvp_fd_interval_4 → λ = 1, JVP-FD, interval 4."""
+    return key.replace("lambda_", "λ = ").replace("_jvp_fd", ", JVP-FD").replace("_interval_", ", interval ").replace("rank_", "rank ")
 
 
 def every_step(run: dict) -> bool:
@@ -250,9 +263,7 @@ def markdown_tables(summary: dict) -> str:
         lines += [f"| {title} | " + " | ".join(label for _, label, _ in columns) + " |", "| --- |" + " ---: |" * len(columns)]
         lines.append("| base model, no LoRA | " + " | ".join(f"{base_values[f]:.{d}f}" for f, _, d in columns) + " |")
         for key, row in table.items():
-            lines.append(
-                f"| {key.replace('lambda_', 'λ = ').replace('rank_', 'rank ')} | " + " | ".join(cell(row, f, d) for f, _, d in columns) + " |"
-            )
+            lines.append(f"| {label(key)} | " + " | ".join(cell(row, f, d) for f, _, d in columns) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -271,7 +282,7 @@ def plots(summary: dict, runs: List[dict], name: str = "smoothness") -> List[str
     keys = list(lambdas)
     x = np.arange(len(keys))
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, (figure, label) in zip(
+    for ax, (figure, title) in zip(
         axes,
         [
             ("istd", "ISTD (paper's figure)"),
@@ -282,27 +293,29 @@ def plots(summary: dict, runs: List[dict], name: str = "smoothness") -> List[str
     ):
         means = [lambdas[k][figure]["mean"] for k in keys]
         stds = [lambdas[k][figure]["std"] for k in keys]
-        ax.bar(x, means, yerr=stds, capsize=4, color=["#888", "#9bc", "#37a", "#c63"][: len(keys)])
+        ax.bar(x, means, yerr=stds, capsize=4, color=[COLOURS.get(k, "#555") for k in keys])
         for i, k in enumerate(keys):
             ax.scatter([i] * len(lambdas[k][figure]["values"]), lambdas[k][figure]["values"], color="k", s=8, zorder=3)
-        ax.set_xticks(x, [k.replace("lambda_", "λ=") for k in keys])
-        ax.set_title(label)
+        ax.set_xticks(x, [label(k).replace(", ", "\n") for k in keys], fontsize=8)
+        ax.set_title(title)
     fig.suptitle("shapes-sd1, rank-8 LoRA: mean ± std over seeds (dots: single seeds)")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}_lambda.png", dpi=90)
     written.append(f"{name}_lambda.png")
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    labelled = set()
     for result in runs:
-        run = result["run"]
+        run, key = result["run"], run_key(result["run"])
         if run["rank"] == 8 and run["weight"] > 0:
             steps = [e["step"] for e in result["trajectory"] if "target_a" in e]
             ax.plot(
                 steps,
                 [e["target_a"] for e in result["trajectory"] if "target_a" in e],
-                color={0.1: "#9bc", 1.0: "#37a", 10.0: "#c63"}[run["weight"]],
+                color=COLOURS.get(key, "#555"),
                 lw=1,
-                label=f"λ={run['weight']:g}" if run["seed"] == runs[0]["run"]["seed"] else None,
+                label=None if key in labelled else label(key),
             )
+            labelled.add(key)
     ax.set_xlabel("training step")
     ax.set_ylabel("target a")
     ax.set_title("the regularizer's moving target a (rank 8, every seed)")
