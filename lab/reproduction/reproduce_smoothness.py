@@ -367,12 +367,12 @@ def warm_versus_cold(backend, data: Callable[[], tuple], steps: int, work: Path,
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3.6))
-        for start, colour in (("cold", "#c63"), ("warm", "#37a")):
+        for start, colour, style in (("warm", "#37a", "-"), ("cold", "#c63", "--")):  # cold on top: the two meet
             log = results[start]["trajectory"]
             ax.plot([e["step"] for e in log], [e["variation_mean"] for e in log], color=colour, lw=0.5, alpha=0.35)
-            ax.plot([e["step"] for e in log], [e["target_a"] for e in log], color=colour, label=f"target a, {start} start")
+            ax.plot([e["step"] for e in log], [e["target_a"] for e in log], color=colour, ls=style, label=f"target a, {start} start")
         ax.set_xlabel("training step (faint: the logged batches' mean r)")
-        ax.set_title(f"λ = 1, rank 8, seed 0, {steps} steps: the moving target a from a cold and a warm start")
+        ax.set_title(f"λ = 1, rank 8, seed 0, {steps} steps: target a, cold and warm start")
         ax.legend()
         fig.tight_layout()
         fig.savefig(RESULTS / "warm_versus_cold.png", dpi=90)
