@@ -23,6 +23,7 @@ import argparse
 import functools
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -187,6 +188,19 @@ def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) 
     return result
 
 
+def this_shard(items: list, shard: str | None) -> list:
+    """Every N-th item from the K-th for --shard K/N (all of them without)."""
+    if not shard:
+        return items
+    index, count = map(int, shard.split("/"))
+    return items[index::count]
+
+
+def invocation() -> str:
+    """The command line that is running, for the results file."""
+    return "python -m lab.reproduction.reproduce_smoothness " + shlex.join(sys.argv[1:])
+
+
 def spread(values: List[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
 
@@ -332,17 +346,13 @@ def warm_versus_cold(backend, data: Callable[[], tuple], steps: int, work: Path,
     warm (the first batch's mean r), each measured like a grid run: does the warm start end as smooth as the
     cold one, and how much of each run is spent with a away from its final value? Runs are kept in
     work/long{steps}, one per shard."""
-    runs = [LoraRun(1.0, 8, 0, steps, args.batch, warm_start=warm) for warm in (False, True)]
-    if args.shard:
-        index, count = map(int, args.shard.split("/"))
-        runs = runs[index::count]
+    runs = this_shard([LoraRun(1.0, 8, 0, steps, args.batch, warm_start=warm) for warm in (False, True)], args.shard)
     folder = work / f"long{steps}"
     folder.mkdir(exist_ok=True)
     results = {("warm" if run.warm_start else "cold"): run_one(backend, data, run, folder, args) for run in tqdm(runs, desc="warm versus cold")}
     if args.shard:
         return results
-    command = "python -m lab.reproduction.reproduce_smoothness " + " ".join(sys.argv[1:])
-    result = {"steps": steps, "batch": args.batch, "ema_decay": runs[0].ema_decay, "command": command}
+    result = {"steps": steps, "batch": args.batch, "ema_decay": runs[0].ema_decay, "command": invocation()}
     for start, record in results.items():
         log = record["trajectory"]
         result[start] = {
@@ -386,10 +396,7 @@ def remeasure_istd(backend, work: Path, steps: int, args) -> dict:
     """ISTD and its companions again at `steps` DDIM steps for the base model and the finished λ = 0 and
     λ = 1 rank-8 LoRAs in `work` (the grid measures at fewer steps than the paper's 50, to fit a session).
     Each measurement is kept in `work`, so this resumes and shards like the grid."""
-    names = ["base"] + [LoraRun(weight, 8, seed).name for weight in (0.0, 1.0) for seed in args.seeds]
-    if args.shard:
-        index, count = map(int, args.shard.split("/"))
-        names = names[index::count]
+    names = this_shard(["base"] + [LoraRun(weight, 8, seed).name for weight in (0.0, 1.0) for seed in args.seeds], args.shard)
     measured = {}
     for name in tqdm(names, desc=f"ISTD at {steps} steps"):
         record = work / f"istd{steps}_{name}.json"
@@ -464,8 +471,7 @@ def main() -> None:
         return print(f"warm against cold: {result['warm_versus_cold']}; wrote {RESULTS / 'warm_versus_cold.json'}")
     todo = grid(args.seeds, args.train_steps, args.batch, args.warm_start)[: args.runs]
     if args.shard:
-        index, count = map(int, args.shard.split("/"))
-        runs = [run_one(backend, data, run, work, args) for run in tqdm(todo[index::count], desc=f"runs, shard {args.shard}")]
+        runs = [run_one(backend, data, run, work, args) for run in tqdm(this_shard(todo, args.shard), desc=f"runs, shard {args.shard}")]
         return print(f"shard {args.shard} done: {len(runs)} runs in {work}; run again without --shard to write the results")
     if args.finished_only:
         missing = [run.name for run in todo if not (work / f"{run.name}.json").is_file()]
@@ -502,7 +508,7 @@ def main() -> None:
         print(json.dumps({k: summary[k] for k in ("istd", "normalized_istd")}, indent=1))
         return
     summary["plots"] = plots(summary, runs, args.results_name)
-    summary["command"] = "python -m lab.reproduction.reproduce_smoothness " + " ".join(sys.argv[1:])
+    summary["command"] = invocation()
     (RESULTS / f"{args.results_name}.json").write_text(json.dumps(summary, indent=1))
     (RESULTS / f"{args.results_name}.md").write_text(markdown_tables(summary))
     print(f"wrote {RESULTS / args.results_name}.json")
