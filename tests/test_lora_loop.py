@@ -35,7 +35,7 @@ def test_lora_sits_on_q_k_v_out_of_every_attention_layer(sd1):
 def test_trained_lora_file_reproduces_the_trained_model(sd1, tmp_path):
     """The kohya file, loaded and merged as a user would, gives the outputs of the model it was trained as."""
     run = LoraRun(weight=1.0, rank=4, seed=0, steps=3, batch=4, learning_rate=1e-2)
-    network, log = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run)
+    network, log, _ = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run)
     assert all(layer.up.abs().sum() > 0 for layer in network.layers.values())
     path = save_kohya(network, tmp_path / "smooth.safetensors")
     loaded = load_lora(path)
@@ -83,8 +83,55 @@ def test_the_cheap_settings_regularize_every_fourth_step_by_their_own_method(sd1
     LoRA file says which setting trained it."""
     for method in ("vjp", "jvp_fd"):
         run = LoraRun(1.0, rank=2, steps=9, batch=2, interval=4, method=method)
-        network, log = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1)
+        network, log, _ = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1)
         moved = [entry["step"] for previous, entry in zip([{"target_a": 0.0}] + log, log) if entry["target_a"] != previous["target_a"]]
         assert moved == [0, 4, 8], (method, moved)
         assert network.metadata["ss_smooth_interval"] == "4" and network.metadata["ss_smooth_method"] == method
         assert run.name.endswith("_interval4") and (method == "vjp") != ("_jvp_fd" in run.name)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_run_stopped_after_a_checkpoint_resumes_to_the_uninterrupted_result(sd1, tmp_path):
+    """Stopped at step 3 of 6 (checkpoints every 2 steps), the next call goes on from step 4 and ends with
+    the uninterrupted run's LoRA, log and target a — to the bit."""
+    run = LoraRun(1.0, rank=2, steps=6, batch=2, learning_rate=1e-2, warm_start=True, interval=2)
+    whole = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1)
+    checkpoint = tmp_path / "run.checkpoint.pt"
+
+    def stop_at_3(step):
+        if step == 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1, on_step=stop_at_3, checkpoint=checkpoint, checkpoint_every=2)
+    assert torch.load(checkpoint)["next_step"] == 4
+    steps_run = []
+    resumed = train_lora(
+        sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1, on_step=steps_run.append, checkpoint=checkpoint, checkpoint_every=2
+    )
+    assert steps_run == [4, 5]
+    assert resumed.log == whole.log and [e["step"] for e in resumed.log] == list(range(6))
+    assert whole.network.layers.keys() == resumed.network.layers.keys()
+    for name, layer in whole.network.layers.items():
+        assert torch.equal(layer.up, resumed.network.layers[name].up) and torch.equal(layer.down, resumed.network.layers[name].down), name
+    assert any(layer.up.abs().sum() > 0 for layer in whole.network.layers.values())
+
+
+def test_a_checkpoint_of_other_settings_is_refused_by_name(sd1, tmp_path):
+    checkpoint = tmp_path / "run.checkpoint.pt"
+    first = LoraRun(1.0, rank=2, steps=4, batch=2)
+    with pytest.raises(_Stop):
+        train_lora(
+            sd1.unet_model,
+            sd1.alphas_cumprod,
+            *_data(sd1),
+            first,
+            on_step=lambda s: (_ for _ in ()).throw(_Stop) if s == 1 else None,
+            checkpoint=checkpoint,
+            checkpoint_every=2,
+        )
+    with pytest.raises(ValueError, match=r"another run \(steps differ\)"):
+        train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), LoraRun(1.0, rank=2, steps=8, batch=2), checkpoint=checkpoint)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -43,6 +46,12 @@ class LoraRun:
     def name(self) -> str:
         cheap = (f"_{self.method}" if self.method != "vjp" else "") + (f"_interval{self.interval}" if self.interval != 1 else "")
         return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}" + ("_warm" if self.warm_start else "") + cheap
+
+
+class TrainedLora(NamedTuple):
+    network: LoraNetwork
+    log: List[dict]
+    seconds: float  # training time, summed over the sittings of a resumed run
 
 
 class LoraLinear(nn.Module):
@@ -115,12 +124,17 @@ def train_lora(
     run: LoraRun,
     log_every: int = 10,
     on_step: Optional[Callable[[int], None]] = None,
-) -> tuple[LoraNetwork, List[dict]]:
+    checkpoint: Optional[Path] = None,
+    checkpoint_every: int = 500,
+) -> TrainedLora:
     """Fine-tune a LoRA on (latent, caption) pairs: latents[i] has caption contexts[caption_of[i]].
 
     The loss is the plain ε-prediction MSE with uniform timesteps, plus the regularizer's penalty
     when λ > 0. The log records every `log_every` steps the loss, the batch's mean variation r and
     the target a; for λ = 0 r is measured too (without training on it), as the plain reference.
+    With `checkpoint`, the whole state (LoRA, optimizer, target a, random generator, log, time) is
+    saved there every `checkpoint_every` steps and picked up again by the next call, so a run of hours
+    can be trained over several sittings and ends as the uninterrupted run would.
     """
     check_training_settings(run.method)
     torch.manual_seed(run.seed)
@@ -133,9 +147,13 @@ def train_lora(
         if run.weight > 0
         else None
     )
-    log = []
+    log: List[dict] = []
+    first_step, seconds_before = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        first_step, log, seconds_before = resume(checkpoint, run, parameters, optimizer, regularizer)
+    start = time.perf_counter()
     with double_backward_attention():
-        for step in range(run.steps):
+        for step in range(first_step, run.steps):
             index = torch.randint(len(latents), (run.batch,))
             x0, context = latents[index], contexts[caption_of[index]]
             t = torch.randint(len(alphas_cumprod), (run.batch,))
@@ -167,9 +185,39 @@ def train_lora(
             optimizer.step()
             if step % log_every == 0 or step == run.steps - 1:
                 log.append({"step": step, "loss": loss.item(), **{k: v for k, v in stats.items() if not math.isnan(v)}})
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < run.steps:
+                state = {
+                    "run": asdict(run),
+                    "next_step": step + 1,
+                    "parameters": [p.detach().clone() for p in parameters],
+                    "optimizer": optimizer.state_dict(),
+                    "regularizer": regularizer.state_dict() if regularizer is not None else {},
+                    "rng": torch.get_rng_state(),
+                    "log": log,
+                    "seconds": seconds_before + time.perf_counter() - start,
+                }
+                torch.save(state, f"{checkpoint}.partial")
+                os.replace(f"{checkpoint}.partial", checkpoint)  # never a half-written checkpoint
             if on_step:
                 on_step(step)
-    return to_network(layers, run, {"ss_base_model_version": "sd_v1"}, unet_layout(unet)), log
+    network = to_network(layers, run, {"ss_base_model_version": "sd_v1"}, unet_layout(unet))
+    return TrainedLora(network, log, seconds_before + time.perf_counter() - start)
+
+
+def resume(checkpoint: Path, run: LoraRun, parameters: List[nn.Parameter], optimizer, regularizer) -> tuple[int, List[dict], float]:
+    """Load a checkpoint of `run` into the training state; returns (next step, log so far, seconds so far)."""
+    state = torch.load(checkpoint)
+    if state["run"] != asdict(run):
+        changed = sorted(k for k in state["run"] if state["run"][k] != asdict(run).get(k))
+        raise ValueError(f"{checkpoint} is a checkpoint of another run ({', '.join(changed)} differ): use the same settings or delete it")
+    with torch.no_grad():
+        for parameter, saved in zip(parameters, state["parameters"], strict=True):
+            parameter.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    if regularizer is not None:
+        regularizer.load_state_dict(state["regularizer"])
+    torch.set_rng_state(state["rng"])
+    return state["next_step"], state["log"], state["seconds"]
 
 
 def settling_step(trajectory: List[dict], key: str = "target_a", tolerance: float = 0.05) -> Optional[int]:

@@ -169,10 +169,11 @@ def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) 
     if record.is_file():
         return json.loads(record.read_text())
     bar = tqdm(total=run.steps, desc=f"train {run.name}", leave=False)
-    start = time.perf_counter()
-    network, log = train_lora(backend.unet_model, backend.alphas_cumprod, *data(), run, on_step=lambda _: bar.update())
+    checkpoint = work / f"{run.name}.checkpoint.pt"  # an interrupted run goes on from its last checkpoint
+    network, log, seconds = train_lora(
+        backend.unet_model, backend.alphas_cumprod, *data(), run, on_step=lambda step: bar.update(step + 1 - bar.n), checkpoint=checkpoint
+    )
     bar.close()
-    seconds = time.perf_counter() - start
     path = save_kohya(network, work / f"{run.name}.safetensors", overwrite=True)
     with lora_applied(backend, str(path), 1.0):
         result = evaluate(backend, args)
@@ -185,6 +186,7 @@ def run_one(backend, data: Callable[[], tuple], run: LoraRun, work: Path, args) 
         lora_file=path.name,
     )
     record.write_text(json.dumps(result, indent=1))
+    checkpoint.unlink(missing_ok=True)
     return result
 
 
