@@ -186,22 +186,27 @@ def train_lora(
             if step % log_every == 0 or step == run.steps - 1:
                 log.append({"step": step, "loss": loss.item(), **{k: v for k, v in stats.items() if not math.isnan(v)}})
             if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < run.steps:
-                state = {
-                    "run": asdict(run),
-                    "next_step": step + 1,
-                    "parameters": [p.detach().clone() for p in parameters],
-                    "optimizer": optimizer.state_dict(),
-                    "regularizer": regularizer.state_dict() if regularizer is not None else {},
-                    "rng": torch.get_rng_state(),
-                    "log": log,
-                    "seconds": seconds_before + time.perf_counter() - start,
-                }
-                torch.save(state, f"{checkpoint}.partial")
-                os.replace(f"{checkpoint}.partial", checkpoint)  # never a half-written checkpoint
+                save_checkpoint(checkpoint, run, step + 1, parameters, optimizer, regularizer, log, seconds_before + time.perf_counter() - start)
             if on_step:
                 on_step(step)
     network = to_network(layers, run, {"ss_base_model_version": "sd_v1"}, unet_layout(unet))
     return TrainedLora(network, log, seconds_before + time.perf_counter() - start)
+
+
+def save_checkpoint(checkpoint: Path, run: LoraRun, next_step: int, parameters, optimizer, regularizer, log: List[dict], seconds: float) -> None:
+    """Everything `resume` needs to go on at `next_step` exactly as the run would have."""
+    state = {
+        "run": asdict(run),
+        "next_step": next_step,
+        "parameters": [p.detach().clone() for p in parameters],
+        "optimizer": optimizer.state_dict(),
+        "regularizer": regularizer.state_dict() if regularizer is not None else {},
+        "rng": torch.get_rng_state(),
+        "log": log,
+        "seconds": seconds,
+    }
+    torch.save(state, f"{checkpoint}.partial")
+    os.replace(f"{checkpoint}.partial", checkpoint)  # never a half-written checkpoint
 
 
 def resume(checkpoint: Path, run: LoraRun, parameters: List[nn.Parameter], optimizer, regularizer) -> tuple[int, List[dict], float]:
