@@ -13,7 +13,8 @@ several seeds; then measures every LoRA (and the base model) the way the paper d
   held-out prompts and a Fréchet distance between detector features of samples and of real images.
 
 `--warm-versus-cold STEPS` instead trains λ = 1 STEPS long with the target a started cold and warm
-(results/warm_versus_cold.*). Finished runs are kept in --work, so an interrupted reproduction resumes. Writes
+(results/warm_versus_cold.*). Finished runs are kept in --work, and a run in training saves a checkpoint there
+every 500 steps, so an interrupted reproduction goes on where it stopped. Writes
 lab/reproduction/results/smoothness.json and the plots in lab/reproduction/results/ (matplotlib, `pip install matplotlib`).
 """
 
