@@ -193,7 +193,16 @@ def train_lora(
     return TrainedLora(network, log, seconds_before + time.perf_counter() - start)
 
 
-def save_checkpoint(checkpoint: Path, run: LoraRun, next_step: int, parameters, optimizer, regularizer, log: List[dict], seconds: float) -> None:
+def save_checkpoint(
+    checkpoint: Path,
+    run: LoraRun,
+    next_step: int,
+    parameters: List[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    regularizer: Optional[StepwiseVariationRegularizer],
+    log: List[dict],
+    seconds: float,
+) -> None:
     """Everything `resume` needs to go on at `next_step` exactly as the run would have."""
     state = {
         "run": asdict(run),
@@ -209,7 +218,13 @@ def save_checkpoint(checkpoint: Path, run: LoraRun, next_step: int, parameters, 
     os.replace(f"{checkpoint}.partial", checkpoint)  # never a half-written checkpoint
 
 
-def resume(checkpoint: Path, run: LoraRun, parameters: List[nn.Parameter], optimizer, regularizer) -> tuple[int, List[dict], float]:
+def resume(
+    checkpoint: Path,
+    run: LoraRun,
+    parameters: List[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    regularizer: Optional[StepwiseVariationRegularizer],
+) -> tuple[int, List[dict], float]:
     """Load a checkpoint of `run` into the training state; returns (next step, log so far, seconds so far)."""
     state = torch.load(checkpoint)
     if state["run"] != asdict(run):
