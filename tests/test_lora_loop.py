@@ -94,19 +94,24 @@ class _Stop(Exception):
     pass
 
 
+def _stop_at(stop_step: int):
+    """An on_step callback that interrupts training after `stop_step`, as a killed process would."""
+
+    def on_step(step: int) -> None:
+        if step == stop_step:
+            raise _Stop
+
+    return on_step
+
+
 def test_a_run_stopped_after_a_checkpoint_resumes_to_the_uninterrupted_result(sd1, tmp_path):
     """Stopped at step 3 of 6 (checkpoints every 2 steps), the next call goes on from step 4 and ends with
     the uninterrupted run's LoRA, log and target a — to the bit."""
     run = LoraRun(1.0, rank=2, steps=6, batch=2, learning_rate=1e-2, warm_start=True, interval=2)
     whole = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1)
     checkpoint = tmp_path / "run.checkpoint.pt"
-
-    def stop_at_3(step):
-        if step == 3:
-            raise _Stop
-
     with pytest.raises(_Stop):
-        train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1, on_step=stop_at_3, checkpoint=checkpoint, checkpoint_every=2)
+        train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), run, log_every=1, on_step=_stop_at(3), checkpoint=checkpoint, checkpoint_every=2)
     assert torch.load(checkpoint)["next_step"] == 4
     steps_run = []
     resumed = train_lora(
@@ -124,14 +129,6 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name(sd1, tmp_path):
     checkpoint = tmp_path / "run.checkpoint.pt"
     first = LoraRun(1.0, rank=2, steps=4, batch=2)
     with pytest.raises(_Stop):
-        train_lora(
-            sd1.unet_model,
-            sd1.alphas_cumprod,
-            *_data(sd1),
-            first,
-            on_step=lambda s: (_ for _ in ()).throw(_Stop) if s == 1 else None,
-            checkpoint=checkpoint,
-            checkpoint_every=2,
-        )
+        train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), first, on_step=_stop_at(1), checkpoint=checkpoint, checkpoint_every=2)
     with pytest.raises(ValueError, match=r"another run \(steps differ\)"):
         train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), LoraRun(1.0, rank=2, steps=8, batch=2), checkpoint=checkpoint)

@@ -226,9 +226,9 @@ def resume(
     regularizer: Optional[StepwiseVariationRegularizer],
 ) -> tuple[int, List[dict], float]:
     """Load a checkpoint of `run` into the training state; returns (next step, log so far, seconds so far)."""
-    state = torch.load(checkpoint)
-    if state["run"] != asdict(run):
-        changed = sorted(k for k in state["run"] if state["run"][k] != asdict(run).get(k))
+    state, settings = torch.load(checkpoint), asdict(run)
+    if state["run"] != settings:
+        changed = sorted(k for k in state["run"] if state["run"][k] != settings.get(k))
         raise ValueError(f"{checkpoint} is a checkpoint of another run ({', '.join(changed)} differ): use the same settings or delete it")
     with torch.no_grad():
         for parameter, saved in zip(parameters, state["parameters"], strict=True):
