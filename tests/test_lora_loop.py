@@ -132,3 +132,27 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name(sd1, tmp_path):
         train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), first, on_step=_stop_at(1), checkpoint=checkpoint, checkpoint_every=2)
     with pytest.raises(ValueError, match=r"another run \(steps differ\)"):
         train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), LoraRun(1.0, rank=2, steps=8, batch=2), checkpoint=checkpoint)
+
+
+def test_cosine_schedule_falls_from_the_rate_to_zero_by_kohyas_formula():
+    run = LoraRun(1.0, steps=4, learning_rate=0.2, lr_schedule="cosine")
+    # 0.2 · (1 + cos(π · step / 4)) / 2
+    assert [run.learning_rate_at(step) for step in range(4)] == pytest.approx([0.2, 0.1 + 0.1 / 2**0.5, 0.1, 0.1 - 0.1 / 2**0.5])
+    assert LoraRun(1.0, learning_rate=0.2).learning_rate_at(3) == 0.2
+    assert run.name.endswith("_cosine") and not LoraRun(1.0).name.endswith("_constant")
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        LoraRun(1.0, lr_schedule="linear").learning_rate_at(0)
+
+
+def test_the_loop_takes_each_step_at_the_schedules_rate(sd1):
+    """AdamW's step is proportional to the rate: cosine's second step (half the rate) moves the LoRA half as far."""
+
+    def up_weights(**settings):
+        network = train_lora(sd1.unet_model, sd1.alphas_cumprod, *_data(sd1), LoraRun(1.0, rank=2, batch=2, learning_rate=1e-2, **settings))[0]
+        return torch.cat([layer.up.flatten() for layer in network.layers.values()])
+
+    first = up_weights(steps=1)
+    constant_second = up_weights(steps=2) - first
+    cosine_second = up_weights(steps=2, lr_schedule="cosine") - first
+    assert constant_second.abs().max() > 1e-4
+    torch.testing.assert_close(cosine_second, constant_second / 2, rtol=1e-3, atol=1e-7)

@@ -41,11 +41,21 @@ class LoraRun:
     warm_start: bool = False  # start the target a at the first batch's mean r (the official code: at 0)
     interval: int = 1  # regularize every k-th step only, at k× the weight (the trainers' cheap setting)
     method: str = "vjp"  # or "jvp_fd": the finite-difference JVP, one extra forward instead of a double backward
+    lr_schedule: str = "constant"  # or "cosine": kohya's lr_scheduler of that name, no warm-up: from the rate to ≈ 0 at the last step
 
     @property
     def name(self) -> str:
         cheap = (f"_{self.method}" if self.method != "vjp" else "") + (f"_interval{self.interval}" if self.interval != 1 else "")
-        return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}" + ("_warm" if self.warm_start else "") + cheap
+        schedule = f"_{self.lr_schedule}" if self.lr_schedule != "constant" else ""
+        return f"lambda{self.weight:g}_rank{self.rank}_seed{self.seed}" + ("_warm" if self.warm_start else "") + cheap + schedule
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of step `step` (0-based) under the run's schedule."""
+        if self.lr_schedule == "constant":
+            return self.learning_rate
+        if self.lr_schedule == "cosine":
+            return self.learning_rate * (1 + math.cos(math.pi * step / self.steps)) / 2
+        raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}: use 'constant' or 'cosine'")
 
 
 class TrainedLora(NamedTuple):
@@ -163,6 +173,8 @@ def train_lora(
             # the input's graph only where a vjp is taken: the regularized steps, or the plain run's logged r
             needs_input_grad = (regularizer.due and run.method == "vjp") if regularizer is not None else step % log_every == 0
             noisy.requires_grad_(needs_input_grad)
+            for group in optimizer.param_groups:
+                group["lr"] = run.learning_rate_at(step)
             prediction = model(noisy, t, encoder_hidden_states=context).sample
             loss = (prediction - noise).pow(2).mean()
             x0_pred = predict_x0(prediction, noisy, a_t, "eps")

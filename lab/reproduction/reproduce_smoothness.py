@@ -64,9 +64,11 @@ COLOURS = {
 CHEAP_SETTINGS = ({"interval": 4}, {"interval": 4, "method": "jvp_fd"})  # the trainers' cheaper options, at λ = 1
 
 
-def grid(seeds: List[int], steps: int, batch: int, warm_start: bool = False) -> List[LoraRun]:
+def grid(seeds: List[int], steps: int, batch: int, warm_start: bool = False, lr_schedule: str = "constant") -> List[LoraRun]:
     """In the order worth running them: λ 0 and 1, the cheap settings at λ 1, λ 0.1 and 10, then ranks 4 and 16."""
-    run = lambda weight, seed, rank=8, **cheap: LoraRun(weight, rank, seed, steps, batch, warm_start=warm_start and weight > 0, **cheap)  # noqa: E731
+    run = lambda weight, seed, rank=8, **cheap: LoraRun(  # noqa: E731
+        weight, rank, seed, steps, batch, warm_start=warm_start and weight > 0, lr_schedule=lr_schedule, **cheap
+    )
     runs = [run(weight, seed) for weight in (0.0, 1.0) for seed in seeds]
     runs += [run(1.0, seed, **cheap) for cheap in CHEAP_SETTINGS for seed in seeds]
     runs += [run(weight, seed) for weight in (0.1, 10.0) for seed in seeds]
@@ -452,6 +454,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="only the first RUNS runs of the grid (its order: λ 0 and 1, the cheap settings, λ 0.1 / 10, ranks)")
     parser.add_argument("--results-name", default="smoothness", help="the results' file name in lab/reproduction/results (.json, .md)")
     parser.add_argument("--warm-start", action="store_true", help="start the regularized runs' target a at the first batch's mean r")
+    parser.add_argument(
+        "--lr-schedule", choices=("constant", "cosine"), default="constant", help="the LoRAs' learning-rate schedule (the official run: constant)"
+    )
     parser.add_argument("--finished-only", action="store_true", help="write the results from the finished runs in --work, listing the missing ones")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, few steps, few pairs (results not written)")
     args = parser.parse_args()
@@ -472,7 +477,7 @@ def main() -> None:
         if args.shard:
             return print(f"shard {args.shard} done in {work / f'long{args.warm_versus_cold}'}; run again without --shard to write the results")
         return print(f"warm against cold: {result['warm_versus_cold']}; wrote {RESULTS / 'warm_versus_cold.json'}")
-    todo = grid(args.seeds, args.train_steps, args.batch, args.warm_start)[: args.runs]
+    todo = grid(args.seeds, args.train_steps, args.batch, args.warm_start, args.lr_schedule)[: args.runs]
     if args.shard:
         runs = [run_one(backend, data, run, work, args) for run in tqdm(this_shard(todo, args.shard), desc=f"runs, shard {args.shard}")]
         return print(f"shard {args.shard} done: {len(runs)} runs in {work}; run again without --shard to write the results")
