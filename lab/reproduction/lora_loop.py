@@ -164,6 +164,8 @@ def train_lora(
     start = time.perf_counter()
     with double_backward_attention():
         for step in range(first_step, run.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = run.learning_rate_at(step)
             index = torch.randint(len(latents), (run.batch,))
             x0, context = latents[index], contexts[caption_of[index]]
             t = torch.randint(len(alphas_cumprod), (run.batch,))
@@ -173,8 +175,6 @@ def train_lora(
             # the input's graph only where a vjp is taken: the regularized steps, or the plain run's logged r
             needs_input_grad = (regularizer.due and run.method == "vjp") if regularizer is not None else step % log_every == 0
             noisy.requires_grad_(needs_input_grad)
-            for group in optimizer.param_groups:
-                group["lr"] = run.learning_rate_at(step)
             prediction = model(noisy, t, encoder_hidden_states=context).sample
             loss = (prediction - noise).pow(2).mean()
             x0_pred = predict_x0(prediction, noisy, a_t, "eps")
