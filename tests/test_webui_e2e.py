@@ -100,7 +100,7 @@ def write_hf_cache(home: Path) -> None:
 
 
 def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
-    """Start the WebUI API-only (or with its UI and API) on a free port; returns (process, base URL) once our routes answer."""
+    """Start the WebUI API-only (or with its UI and API) on a free port; returns (process, base URL, log file) once our routes answer."""
     port = free_port()
     env = dict(
         os.environ,
@@ -111,6 +111,7 @@ def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
         OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",  # the log is read while the WebUI runs
     )
     python = os.environ.get("WEBUI_PYTHON", str(Path(WEBUI) / "venv" / "bin" / "python"))
     log_path = root / f"webui-{port}.log"
@@ -157,10 +158,10 @@ def launch(root: Path, checkpoint: Path, *extra: str, ui: bool = False):
     while time.time() < deadline:
         try:
             urllib.request.urlopen(base + "/smooth-diffusion/v1/version", timeout=2)
-            return process, base
+            return process, base, log_path
         except urllib.error.HTTPError as error:
             if error.code == 401:
-                return process, base  # our route answers, refusing without credentials (--api-auth)
+                return process, base, log_path  # our route answers, refusing without credentials (--api-auth)
             time.sleep(1)  # 404: the app is up but the extension's routes are not registered yet
         except OSError:
             if process.poll() is not None:
@@ -198,9 +199,9 @@ def installed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def webui(installed):
-    process, base = launch(*installed)
+    process, base, log = launch(*installed)
     try:
-        yield {"base": base}
+        yield {"base": base, "log": log}
     finally:
         stop(process)
 
@@ -373,8 +374,11 @@ def test_img2img_smooth_inversion_refuses_bad_script_args(webui, script_args, re
         "script_name": "smooth inversion",
         "script_args": script_args,
     }
+    logged_before = webui["log"].read_text()
     status, body = call(webui, "/sdapi/v1/img2img", payload)
     assert status == 422 and reason in body["detail"], body
+    # answered as an HTTP error: the WebUI prints a traceback ("API error: …") for any other exception
+    assert "API error" not in webui["log"].read_text()[len(logged_before) :]
 
 
 def test_img2img_smooth_inversion_interrupted_answers_409(webui):
@@ -394,7 +398,7 @@ def test_img2img_smooth_inversion_interrupted_answers_409(webui):
 
 
 def test_routes_honour_api_auth(installed, webui):
-    process, base = launch(*installed, "--api-auth", "smooth:secret")
+    process, base, _ = launch(*installed, "--api-auth", "smooth:secret")
     try:
         request = urllib.request.Request(base + "/smooth-diffusion/v1/version")
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -420,7 +424,7 @@ def test_full_size_sd2_v_and_sdxl(installed, tmp_path, arch):
     checkpoint = Path(WEBUI) / "models" / "Stable-diffusion" / f"smooth-e2e-{arch}-{os.getpid()}.safetensors"
     save_single_file(build_full_size_backend(arch, tokenizer_dir=tmp_path / "tok"), checkpoint)
     try:
-        process, base = launch(root, checkpoint)
+        process, base, _ = launch(root, checkpoint)
         webui = {"base": base}
         try:
             status, body = call(
@@ -480,7 +484,7 @@ def test_embedded_shapes_model_loads_and_draws_what_lib_smooth_draws(installed):
         backend.decode_latents(sample(guided_eps(backend, cond, uncond, 5.0), seed_noise(3, (1, 4, 8, 8)), backend.alphas_cumprod, 25))
     )[0]
     try:
-        process, base = launch(root, target / CHECKPOINT.name)
+        process, base, _ = launch(root, target / CHECKPOINT.name)
         webui = {"base": base}
         try:
             status, body = call(
@@ -638,7 +642,7 @@ def test_inversion_under_medvram_goes_through_the_low_vram_wrappers(installed, w
     body = {"image": drawn(), "prompt": "an orange circle", "steps": 4, "width": 64, "height": 64}
     status, plain = call(webui, "/smooth-diffusion/v1/invert", body)
     assert status == 200, plain
-    process, base = launch(*installed, "--medvram")
+    process, base, _ = launch(*installed, "--medvram")
     try:
         status, medvram = call({"base": base}, "/smooth-diffusion/v1/invert", body)
     finally:
@@ -655,7 +659,7 @@ def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_pane
 
     from lib_smooth.requests import EditRequest, InterpolateRequest, IstdRequest
 
-    process, base = launch(*installed, ui=True)
+    process, base, _ = launch(*installed, ui=True)
     try:
         with urllib.request.urlopen(base + "/config", timeout=60) as response:
             config = json.loads(response.read())

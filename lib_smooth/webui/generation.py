@@ -42,13 +42,26 @@ def add_lora_to_prompts(p, *args) -> None:
     p.extra_generation_params[INFOTEXT_KEY] = f"{request.lora}:{request.lora_weight:g}"
 
 
-class GenerationRefused(Exception):
+def _http_error() -> type:
+    """fastapi's HTTPException inside the WebUIs, whose API answers it without printing a traceback
+    (any other exception is reported as an "API error" with one); Exception where fastapi is absent."""
+    try:
+        from fastapi.exceptions import HTTPException
+    except ImportError:
+        return Exception
+    return HTTPException
+
+
+class GenerationRefused(_http_error()):
     """A txt2img/img2img generation stopped with a reason. The WebUI's API answers an exception with
     its `status_code` and `detail` attributes, and its UI shows the message."""
 
     def __init__(self, status_code: int, detail: str):
-        super().__init__(f"Smooth Diffusion: {detail}")
-        self.status_code, self.detail = status_code, detail
+        Exception.__init__(self, f"Smooth Diffusion: {detail}")
+        self.status_code, self.detail, self.headers = status_code, detail, None
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def refused(error: Exception) -> GenerationRefused:
