@@ -359,8 +359,7 @@ def errors_of_ours(log: Path) -> list:
     return [
         line
         for line in lines
-        if ("Error" in line or "Traceback" in line or "GenerationRefused" in line)
-        and ("smooth_diffusion" in line.lower() or "lib_smooth" in line or "GenerationRefused" in line)
+        if "GenerationRefused" in line or (("Error" in line or "Traceback" in line) and ("smooth_diffusion" in line.lower() or "lib_smooth" in line))
     ]
 
 
