@@ -40,20 +40,11 @@ class SmoothLoraAccordion(scripts.Script):
                 refresh = smooth_ui.tool_button("🔄", self.elem_id("refresh"))  # LoRAs added since start-up
                 weight = smooth_ui.slider(AccordionRequest, "lora_weight", "Weight", elem_id=self.elem_id("weight"))
             refresh.click(fn=lambda: gr.update(choices=smooth_ui.lora_choices_refreshed()), inputs=[], outputs=[lora])
+        pasted = smooth_generation.accordion_from_infotext
         self.infotext_fields = [
-            (enabled, lambda d: smooth_generation.INFOTEXT_KEY in d),
-            (
-                lora,
-                lambda d: (
-                    smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[0] if smooth_generation.INFOTEXT_KEY in d else gr.update()
-                ),
-            ),
-            (
-                weight,
-                lambda d: (
-                    smooth_generation.parse_infotext(d[smooth_generation.INFOTEXT_KEY])[1] if smooth_generation.INFOTEXT_KEY in d else gr.update()
-                ),
-            ),
+            (enabled, lambda d: pasted(d) is not None),
+            (lora, lambda d: pasted(d)[0] if pasted(d) else gr.update()),
+            (weight, lambda d: pasted(d)[1] if pasted(d) else gr.update()),
         ]
         return [enabled, lora, weight]
 

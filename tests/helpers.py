@@ -15,7 +15,7 @@ import urllib.request
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from lib_smooth.images import png_bytes
 
@@ -116,3 +116,30 @@ def interrupted(server: dict, path: str, body: dict, after_steps: int = 2) -> tu
     assert call(server, "/sdapi/v1/interrupt", {}, method="POST")[0] == 200
     worker.join(timeout=120)
     return outcome["result"], time.time() - started, progress
+
+
+def png_info(server, infotext: str) -> dict:
+    """The host's own reading of an infotext — the parser behind PNG Info and the paste buttons —
+    through /sdapi/v1/png-info, on a PNG that carries it as a user's saved image does."""
+    chunks = PngImagePlugin.PngInfo()
+    chunks.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG", pnginfo=chunks)
+    status, body = call(server, "/sdapi/v1/png-info", {"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert status == 200, body
+    return body["parameters"]
+
+
+def pasted_txt2img(parameters: dict, accordion: list) -> dict:
+    """A txt2img request from pasted parameters, as the paste button fills the txt2img tab."""
+    return {
+        "prompt": parameters["Prompt"],
+        "negative_prompt": parameters.get("Negative prompt", ""),
+        "width": int(parameters["Size-1"]),
+        "height": int(parameters["Size-2"]),
+        "steps": int(parameters["Steps"]),
+        "sampler_name": parameters["Sampler"],
+        "cfg_scale": float(parameters["CFG scale"]),
+        "seed": int(parameters["Seed"]),
+        "alwayson_scripts": {"smooth diffusion": {"args": accordion}},
+    }

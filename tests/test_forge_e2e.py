@@ -28,7 +28,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import call, drawn, free_port, image, interrupted, stop
+from helpers import call, drawn, free_port, image, interrupted, pasted_txt2img, png_info, stop
 
 REPO = Path(__file__).resolve().parents[1]
 FORGE = os.environ.get("FORGE_DIR")
@@ -295,6 +295,25 @@ def test_accordion_applies_the_lora_once_and_it_is_gone_afterwards(forge):
             forge, "/sdapi/v1/txt2img", {"prompt": "a cat", "steps": 2, **SIZE, "alwayson_scripts": {"smooth diffusion": {"args": args}}}
         )
         assert status != 200 and reason in json.dumps(body), (args, body)
+
+
+def test_a_pasted_infotext_restores_the_accordion_and_draws_the_same_image(forge):
+    """A result's infotext read back by Forge's own parser sets the accordion to the same LoRA and
+    weight, and generating again from the pasted parameters gives the same image (the LoRA once)."""
+    from lib_smooth.webui.generation import accordion_from_infotext
+
+    base = {"prompt": "a photo of a cat", "steps": 3, "sampler_name": "Euler", "cfg_scale": 7, "seed": 3, **SIZE}
+    status, first = call(forge, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": [True, "smooth-e2e", 0.5]}}))
+    assert status == 200, first
+    parameters = png_info(forge, json.loads(first["info"])["infotexts"][0])
+    restored = accordion_from_infotext(parameters)
+    assert restored == ("smooth-e2e", 0.5), parameters
+    status, second = call(forge, "/sdapi/v1/txt2img", pasted_txt2img(parameters, [True, *restored]))
+    assert status == 200, second
+    assert np.array_equal(image(second["images"][0]), image(first["images"][0]))
+    status, plain = call(forge, "/sdapi/v1/txt2img", base)
+    assert not np.array_equal(image(plain["images"][0]), image(first["images"][0]))
+    assert accordion_from_infotext(png_info(forge, json.loads(plain["info"])["infotexts"][0])) is None
 
 
 def img2img(script_args, **extra) -> dict:

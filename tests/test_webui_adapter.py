@@ -8,7 +8,7 @@ import torch
 
 from lib_smooth.errors import Interrupted, SmoothDiffusionError
 from lib_smooth.plots import distance_plot
-from lib_smooth.webui.generation import add_lora_to_prompts, parse_infotext
+from lib_smooth.webui.generation import accordion_from_infotext, add_lora_to_prompts, parse_infotext
 from lib_smooth.webui.ui import infotext
 
 
@@ -273,6 +273,8 @@ def test_infotext_round_trips():
     assert parse_infotext("smooth:0.75") == ("smooth", 0.75)
     assert parse_infotext("my:lora:1") == ("my:lora", 1.0)
     assert parse_infotext("plain") == ("plain", 1.0)
+    assert accordion_from_infotext({"Prompt": "a cat <lora:my:lora:0.5>", "Smooth-LoRA": "my:lora:0.5"}) == ("my:lora", 0.5)
+    assert accordion_from_infotext({"Prompt": "a cat", "Steps": "20"}) is None
     text = infotext(
         {
             "job": "interpolate",

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import call, drawn, free_port, image, interrupted, stop
+from helpers import call, drawn, free_port, image, interrupted, pasted_txt2img, png_info, stop
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("WEBUI_DIR")
@@ -332,6 +332,26 @@ def test_accordion_applies_the_lora_through_alwayson_scripts(webui):
     assert 'Smooth-LoRA: "smooth-e2e:1"' in json.loads(body["info"])["infotexts"][0]  # the WebUI quotes values with colons
     assert not np.array_equal(image(body["images"][0]), before)
     assert np.array_equal(txt2img(webui), before)  # without the accordion the LoRA is gone again
+
+
+def test_a_pasted_infotext_restores_the_accordion_and_draws_the_same_image(webui):
+    """A result's infotext read back by the WebUI's own parser (PNG Info, the paste buttons) sets the
+    accordion to the same LoRA and weight, and generating again gives the same image: the prompt pasted
+    with its <lora:…> tag and the accordion switched on apply the LoRA once, not twice."""
+    from lib_smooth.webui.generation import accordion_from_infotext
+
+    base = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 7, "seed": 3}
+    status, first = call(webui, "/sdapi/v1/txt2img", dict(base, alwayson_scripts={"smooth diffusion": {"args": [True, "smooth-e2e", 0.5]}}))
+    assert status == 200, first
+    parameters = png_info(webui, json.loads(first["info"])["infotexts"][0])
+    restored = accordion_from_infotext(parameters)
+    assert restored == ("smooth-e2e", 0.5), parameters
+    status, second = call(webui, "/sdapi/v1/txt2img", pasted_txt2img(parameters, [True, *restored]))
+    assert status == 200, second
+    assert np.array_equal(image(second["images"][0]), image(first["images"][0]))
+    status, plain = call(webui, "/sdapi/v1/txt2img", base)
+    assert not np.array_equal(image(plain["images"][0]), image(first["images"][0]))  # the LoRA did act
+    assert accordion_from_infotext(png_info(webui, json.loads(plain["info"])["infotexts"][0])) is None  # pasting a plain result turns it off
 
 
 def test_img2img_smooth_inversion_script(webui):

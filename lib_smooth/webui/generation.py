@@ -10,7 +10,7 @@ source prompt and sampled back with the img2img prompt for the last r of the ste
 from __future__ import annotations
 
 import re
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 from .ui import NONE
 
@@ -89,6 +89,12 @@ def parse_infotext(value: str) -> Tuple[str, float]:
         return (name, float(weight)) if name else (value, 1.0)
     except ValueError:
         return value, 1.0
+
+
+def accordion_from_infotext(parameters: dict) -> Optional[Tuple[str, float]]:
+    """What a pasted infotext sets in the accordion, from the WebUI's parsed parameters: (LoRA, weight),
+    or None when the generation had no Smooth-LoRA (the accordion is then switched off)."""
+    return parse_infotext(str(parameters[INFOTEXT_KEY])) if INFOTEXT_KEY in parameters else None
 
 
 def smooth_inversion_sampler(p, request) -> Callable:
