@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,10 +201,20 @@ def _read_tensors(name: str, data: bytes, safetensors_file: bool) -> tuple[Dict[
             return load(data), dict(header.get("__metadata__") or {})
         except Exception as error:  # safetensors raises its own error types for every kind of damage
             raise CorruptLoraError(f"{name} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (a pickle before torch 1.6)
+        raise NotALoraError(f"{name} is not a LoRA file: neither safetensors nor a PyTorch checkpoint")
     try:
         tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise CorruptLoraError(f"{name} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
+        # torch's own message suggests weights_only=False; a LoRA needs only tensors, so that is never worth the risk
+        raise NotALoraError(
+            f"{name} holds Python objects besides tensors, which are not loaded because unpickling them can run code; "
+            "a LoRA is only tensors: use a .safetensors copy of it"
+        ) from None
     except Exception as error:
-        raise CorruptLoraError(f"{name} is not a readable tensor file (truncated or corrupt?): {error}") from error
+        raise CorruptLoraError(f"{name} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}") from error
     if isinstance(tensors, dict) and isinstance(tensors.get("state_dict"), dict):
         tensors = tensors["state_dict"]
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
@@ -305,6 +316,8 @@ def load_lora(path: str | Path, arch: Optional[str] = None, layout: Optional[Une
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     data = path.read_bytes()
+    if not data:
+        raise CorruptLoraError(f"{path.name} is empty (0 bytes): an interrupted download or copy?")
     tensors, metadata = _read_tensors(path.name, data, path.suffix.lower() == ".safetensors")
     network = parse_lora(tensors, metadata, arch, name=path.name, layout=layout)
     network.sha256 = hashlib.sha256(data).hexdigest()

@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from lib_smooth.errors import CorruptLoraError, LoraArchitectureError, LoraShapeError, NotALoraError
@@ -181,3 +183,23 @@ def test_bad_files_raise_clear_errors(tmp_path):
         load_lora(tmp_path / "half.safetensors")
     with pytest.raises(FileNotFoundError):
         load_lora(tmp_path / "missing.safetensors")
+
+
+def test_files_that_are_no_lora_say_what_they_are(tmp_path):
+    """What users pick by mistake gets a one-line reason, never torch's advice to unpickle with weights_only=False."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "picture.png")
+    with pytest.raises(NotALoraError, match="picture.png is not a LoRA file: neither safetensors nor a PyTorch checkpoint"):
+        load_lora(tmp_path / "picture.png")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(CorruptLoraError, match=r"empty \(0 bytes\)"):
+        load_lora(tmp_path / "empty.safetensors")
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(4, 8), "config": np.zeros(3)}, tmp_path / "with_objects.pt")
+    with pytest.raises(NotALoraError, match="holds Python objects besides tensors") as refusal:
+        load_lora(tmp_path / "with_objects.pt")
+    assert "weights_only" not in str(refusal.value) and "\n" not in str(refusal.value)
+    data = (tmp_path / "with_objects.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptLoraError, match="truncated.pt is not a readable PyTorch checkpoint"):
+        load_lora(tmp_path / "truncated.pt")
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(4, 8), "lora_unet_x.lora_up.weight": torch.zeros(8, 4)}, tmp_path / "fine.pt")
+    assert set(load_lora(tmp_path / "fine.pt").layers) == {"lora_unet_x"}
