@@ -143,3 +143,29 @@ def pasted_txt2img(parameters: dict, accordion: list) -> dict:
         "seed": int(parameters["Seed"]),
         "alwayson_scripts": {"smooth diffusion": {"args": accordion}},
     }
+
+
+def interpolation_comparison_layout(config: dict) -> dict:
+    """From a gradio /config (3.x or 4.x): where the Interpolation panel puts the run without the LoRA.
+
+    follows_frames: its gallery is the next component after the LoRA run's gallery in the same column;
+    hidden_at_start: it is hidden until asked for; toggled_by_checkbox: the "Also without the LoRA"
+    checkbox's change event updates both galleries (showing the one, naming the other)."""
+    by_elem = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
+    frames, plain, compare = by_elem["smooth_diffusion_gallery"], by_elem["smooth_diffusion_gallery_plain"], by_elem["smooth_diffusion_compare"]
+
+    def sibling_lists(node):
+        children = node.get("children") or []
+        yield [child["id"] for child in children]
+        for child in children:
+            yield from sibling_lists(child)
+
+    follows = any(ids[i + 1] == plain for ids in sibling_lists(config["layout"]) for i in range(len(ids) - 1) if ids[i] == frames)
+    props = next(c["props"] for c in config["components"] if c["id"] == plain)
+
+    def triggers(dependency):
+        for target in dependency.get("targets", []):
+            yield (target[0], target[1]) if isinstance(target, list) else (target, dependency.get("trigger"))
+
+    toggled = any((compare, "change") in set(triggers(d)) and {frames, plain} <= set(d.get("outputs", [])) for d in config["dependencies"])
+    return {"follows_frames": follows, "hidden_at_start": props.get("visible") is False, "toggled_by_checkbox": toggled}

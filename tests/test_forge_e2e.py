@@ -28,7 +28,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import call, drawn, free_port, image, interrupted, pasted_txt2img, png_info, stop
+from helpers import call, drawn, free_port, image, interpolation_comparison_layout, interrupted, pasted_txt2img, png_info, stop
 
 REPO = Path(__file__).resolve().parents[1]
 FORGE = os.environ.get("FORGE_DIR")
@@ -398,7 +398,8 @@ def test_routes_honour_api_auth(installed, forge):
 
 def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
     """The full UI (Forge's gradio 4.40): the tab's three panels with their Interrupt buttons, sliders bounded
-    by the request models the API validates with, and the accordion."""
+    by the request models the API validates with, the run without the LoRA right under the LoRA run's frames
+    when asked for, and the accordion."""
     import dataclasses
 
     from lib_smooth.requests import InterpolateRequest, IstdRequest
@@ -419,6 +420,7 @@ def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
         sliders = [p for p in components if p.get("label") == label and "minimum" in p]
         assert sliders and all((p["minimum"], p["maximum"]) == (meta["low"], meta["high"]) for p in sliders), label
     assert "cannot run in this WebUI" not in json.dumps(config)
+    assert interpolation_comparison_layout(config) == {"follows_frames": True, "hidden_at_start": True, "toggled_by_checkbox": True}
     assert errors_of_ours(log) == []
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import call, drawn, free_port, image, interrupted, pasted_txt2img, png_info, stop
+from helpers import call, drawn, free_port, image, interpolation_comparison_layout, interrupted, pasted_txt2img, png_info, stop
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("WEBUI_DIR")
@@ -674,7 +674,8 @@ def test_inversion_under_medvram_goes_through_the_low_vram_wrappers(installed, w
 
 def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_panel(installed):
     """The full UI (gradio 3.41): every slider of the tab takes its bounds from the request model the API
-    and the CLI validate with, and each panel has its Interrupt button."""
+    and the CLI validate with, each panel has its Interrupt button, and the run without the LoRA appears,
+    when asked for, right under the LoRA run's frames."""
     import dataclasses
 
     from lib_smooth.requests import EditRequest, InterpolateRequest, IstdRequest
@@ -709,6 +710,7 @@ def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_pane
     assert {"smooth_diffusion_interpolate_interrupt", "smooth_diffusion_invert_interrupt", "smooth_diffusion_istd_interrupt"} <= ids
     assert any(str(i).endswith("_refresh") and "smooth" in str(i) for i in ids)  # the accordion's LoRA list can be rescanned
     assert "Width (0: model's native size)" in labels
+    assert interpolation_comparison_layout(config) == {"follows_frames": True, "hidden_at_start": True, "toggled_by_checkbox": True}
 
 
 def test_a_lora_added_after_start_up_is_found_without_a_refresh(webui, installed):

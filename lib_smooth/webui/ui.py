@@ -367,11 +367,20 @@ def build_tab():
                             go = gr.Button("Interpolate", variant="primary", elem_id="smooth_diffusion_interpolate")
                             _interrupt_button("interpolate")
                     with gr.Column():
-                        gallery, animation, info, log = _results_column("interpolate", "Frames", "smooth_diffusion_gallery", 4, with_animation=True)
-                        gallery_plain = gr.Gallery(
-                            label="Without the LoRA", elem_id="smooth_diffusion_gallery_plain", columns=4, object_fit="contain"
-                        )
+                        # with the comparison on, the two runs' frames one above the other, then their distances and figures
+                        _progress_anchor("interpolate")
+                        gallery = _gallery("Frames", "smooth_diffusion_gallery", 4)
+                        gallery_plain = _gallery("Without the LoRA", "smooth_diffusion_gallery_plain", 4, show_label=True, visible=False)
                         distances = gr.Image(label="Adjacent-frame distances", type="pil", elem_id="smooth_diffusion_interpolate_plot")
+                        log = gr.HTML(elem_id="smooth_diffusion_interpolate_log")
+                        # at a size that does not blow a 64 px GIF up to the column
+                        animation = gr.Image(label="Animation", type="filepath", height=320, elem_id="smooth_diffusion_interpolate_animation")
+                        info = _parameters("interpolate", gallery)
+                compare.change(
+                    fn=lambda on: (gr.update(visible=bool(on)), gr.update(label="With the LoRA" if on else "Frames", show_label=bool(on))),
+                    inputs=[compare],
+                    outputs=[gallery_plain, gallery],
+                )
                 go.click(
                     fn=wrap_gradio_gpu_call(interpolate, extra_outputs=[None, None, "", None, None]),
                     inputs=[
@@ -420,7 +429,7 @@ def build_tab():
                             go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
                             _interrupt_button("invert")
                     with gr.Column():
-                        results, _, info_inv, report = _results_column(
+                        results, info_inv, report = _results_column(
                             "invert", "Input · reconstruction · edit", "smooth_diffusion_inversion_gallery", 3
                         )
                 go_inv.click(
@@ -481,19 +490,38 @@ def lora_choices_refreshed() -> List[str]:
         return [NONE]
 
 
-def _results_column(job: str, label: str, gallery_id: str, columns: int, with_animation: bool = False):
-    """Progress anchor, gallery (and animation), parameters with send-to buttons, and a log line."""
+def _progress_anchor(job: str) -> None:
     import gradio as gr
 
     gr.HTML(f"<div id='smooth_diffusion_{job}_progress'></div>")
-    # no label badge over the first thumbnail; the animation at a size that does not blow a 64 px GIF up to the column
-    gallery = gr.Gallery(label=label, show_label=False, elem_id=gallery_id, columns=columns, object_fit="contain")
-    animation = gr.Image(label="Animation", type="filepath", height=320, elem_id=f"smooth_diffusion_{job}_animation") if with_animation else None
+
+
+def _gallery(label: str, elem_id: str, columns: int, show_label: bool = False, visible: bool = True):
+    import gradio as gr
+
+    # no label badge over the first thumbnail unless the gallery must say which run it shows
+    return gr.Gallery(label=label, show_label=show_label, elem_id=elem_id, columns=columns, object_fit="contain", visible=visible)
+
+
+def _parameters(job: str, gallery):
+    """The job's parameters, with buttons sending the selected image and them to txt2img / img2img."""
+    import gradio as gr
+
     info = gr.Textbox(label="Parameters", lines=3, elem_id=f"smooth_diffusion_{job}_infotext")
     with gr.Row():
         _send_buttons(gallery, info)
+    return info
+
+
+def _results_column(job: str, label: str, gallery_id: str, columns: int):
+    """Progress anchor, gallery, parameters with send-to buttons, and a log line."""
+    import gradio as gr
+
+    _progress_anchor(job)
+    gallery = _gallery(label, gallery_id, columns)
+    info = _parameters(job, gallery)
     log = gr.HTML(elem_id=f"smooth_diffusion_{job}_log")
-    return gallery, animation, info, log
+    return gallery, info, log
 
 
 def _send_buttons(gallery, text):
