@@ -81,9 +81,16 @@ def _lora_choices() -> List[str]:
 
 def _outdir(job: str) -> Path:
     stamp = datetime.datetime.now()
-    folder = Path(_opt("smooth_diffusion_outdir", "outputs/smooth-diffusion")) / stamp.strftime("%Y-%m-%d") / f"{stamp:%H%M%S}-{job}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    day = Path(_opt("smooth_diffusion_outdir", "outputs/smooth-diffusion")) / stamp.strftime("%Y-%m-%d")
+    day.mkdir(parents=True, exist_ok=True)
+    for count in range(1, 1000):  # a folder of its own even for jobs started within the same second
+        folder = day / (f"{stamp:%H%M%S}-{job}" + (f"-{count}" if count > 1 else ""))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"more than 999 {job} results in {day} within one second")
 
 
 def infotext(sidecar: dict) -> str:
@@ -180,12 +187,15 @@ def interpolate(
     animation = next((str(p) for p in sorted(folder.glob("interpolation.*")) if p.suffix in (".gif", ".webp")), None)
     runs = [("with LoRA" if request.lora else "checkpoint", result["frames"])]
     plain_frames = None
+    saved = f"<p>Saved to {folder}</p>"
     if compare and request.lora:  # the same ends, seeds and prompts without the LoRA: the LoRA is the only difference
-        plain_frames = execute("interpolate", dataclasses.replace(request, lora=None))["frames"]
+        plain = execute("interpolate", dataclasses.replace(request, lora=None))
+        plain_frames = plain["frames"]
         runs.append(("without LoRA", plain_frames))
+        saved += f"<p>Without the LoRA: {save_run('interpolate-without-lora', {}, plain['sidecar'], plain_frames)}</p>"
     figures = [(name, sequence_smoothness(frames)) for name, frames in runs]
     plot = distance_plot([(name, s.distances, s.mean_step) for name, s in figures])
-    return result["frames"], animation, infotext(result["sidecar"]), plain_frames, plot, _comparison_html(figures) + f"<p>Saved to {folder}</p>"
+    return result["frames"], animation, infotext(result["sidecar"]), plain_frames, plot, _comparison_html(figures) + saved
 
 
 def _comparison_html(figures) -> str:
@@ -196,8 +206,32 @@ def _comparison_html(figures) -> str:
     return f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
 
 
+def _reconstruction_html(runs) -> str:
+    """Reconstruction metrics of each run, one row per run."""
+    cells = lambda m: (f"{m['psnr']:.2f} dB", f"{m['ssim']:.4f}", f"{m['mse']:.4f}", "unavailable" if m["lpips"] is None else f"{m['lpips']:.4f}")  # noqa: E731
+    header = "".join(f"<th>{name}</th>" for name in ("PSNR", "SSIM", "MSE", "LPIPS"))
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{cell}</td>" for cell in cells(m)) + "</tr>" for name, m in runs)
+    return (
+        f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th>reconstruction</th>{header}</tr>{rows}</table></div>"
+    )
+
+
 def invert_or_edit(
-    task_id, lora, weight, image, prompt, target_prompt, negative, switch_ratio, steps, guidance, inversion_guidance, inversion, width, height
+    task_id,
+    lora,
+    weight,
+    image,
+    prompt,
+    target_prompt,
+    negative,
+    switch_ratio,
+    steps,
+    guidance,
+    inversion_guidance,
+    inversion,
+    width,
+    height,
+    compare=False,
 ):
     if image is None:
         raise ValueError("upload an image to invert")
@@ -220,11 +254,17 @@ def invert_or_edit(
     images = {"input": result["input"], "reconstruction": result["reconstruction"]}
     if "edited" in result:
         images["edited"] = result["edited"]
-    folder = save_run(job, images, result["sidecar"])
-    m = result["metrics"]
-    lpips = f"{m['lpips']:.4f}" if m["lpips"] is not None else "unavailable"
-    report = f"<p>Reconstruction: PSNR {m['psnr']:.2f} dB · SSIM {m['ssim']:.4f} · MSE {m['mse']:.4f} · LPIPS {lpips}</p><p>Saved to {folder}</p>"
-    return list(images.values()), infotext(result["sidecar"]), report
+    runs = [("with LoRA" if request.lora else "checkpoint", result["metrics"])]
+    shown = list(images.values())
+    saved = f"<p>Saved to {save_run(job, images, result['sidecar'])}</p>"
+    if compare and request.lora:  # the same image and prompts without the LoRA: the LoRA is the only difference
+        plain = execute(job, dataclasses.replace(request, lora=None))
+        plain_images = {name: plain[name] for name in ("reconstruction", "edited") if name in plain}
+        shown += list(plain_images.values())
+        runs.append(("without LoRA", plain["metrics"]))
+        saved = f"<p>Gallery: the input, then {' and '.join(plain_images)} with the LoRA, then without it.</p>" + saved
+        saved += f"<p>Without the LoRA: {save_run(f'{job}-without-lora', plain_images, plain['sidecar'])}</p>"
+    return shown, infotext(result["sidecar"]), _reconstruction_html(runs) + saved
 
 
 def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidance, width, height, seed):
@@ -425,6 +465,9 @@ def build_tab():
                             info="null-text: steps × 10 extra UNet passes; much better reconstruction",
                         )
                         width_inv, height_inv = _size_row()
+                        compare_inv = gr.Checkbox(
+                            label="Also without the LoRA (the same image and prompts)", value=False, elem_id="smooth_diffusion_invert_compare"
+                        )
                         with gr.Row():
                             go_inv = gr.Button("Invert / edit", variant="primary", elem_id="smooth_diffusion_invert")
                             _interrupt_button("invert")
@@ -449,6 +492,7 @@ def build_tab():
                         mode,
                         width_inv,
                         height_inv,
+                        compare_inv,
                     ],
                     outputs=[results, info_inv, report],
                     **_submit_kwargs("smoothDiffusionSubmitInvert"),
