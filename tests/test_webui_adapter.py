@@ -1,5 +1,6 @@
 """The WebUI adapter's own logic, with small stand-ins for the WebUI's `modules` and the Lora extension."""
 
+import re
 import sys
 import types
 
@@ -316,3 +317,14 @@ def test_the_host_is_detected_and_an_unsupported_one_is_told_what_is_missing(fak
     add_lora_to_prompts(p, True, "smooth", 1.0)  # the accordion there: refused with the reason, not a traceback
     with pytest.raises(Exception, match="looks like Forge but lacks"):
         p.sample()
+
+
+def test_each_tab_job_gets_a_folder_of_its_own(monkeypatch, tmp_path):
+    """Jobs finishing within the same second (a comparison's two runs, a tiny model) never share, and so
+    never overwrite, a results folder."""
+    import lib_smooth.webui.ui as ui
+
+    monkeypatch.setattr(ui, "_opt", lambda key, default: str(tmp_path) if key == "smooth_diffusion_outdir" else default)
+    folders = [ui._outdir("invert") for _ in range(3)]
+    assert len(set(folders)) == 3 and all(folder.is_dir() and not any(folder.iterdir()) for folder in folders)
+    assert all(re.fullmatch(r"\d{6}-invert(-\d+)?", folder.name) for folder in folders)
