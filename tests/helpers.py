@@ -145,6 +145,12 @@ def pasted_txt2img(parameters: dict, accordion: list) -> dict:
     }
 
 
+def event_triggers(dependency: dict):
+    """(component id, event) pairs that fire a gradio /config dependency (3.x: targets and one trigger; 4.x: pairs)."""
+    for target in dependency.get("targets", []):
+        yield (target[0], target[1]) if isinstance(target, list) else (target, dependency.get("trigger"))
+
+
 def interpolation_comparison_layout(config: dict) -> dict:
     """From a gradio /config (3.x or 4.x): where the Interpolation panel puts the run without the LoRA.
 
@@ -163,9 +169,85 @@ def interpolation_comparison_layout(config: dict) -> dict:
     follows = any(ids[i + 1] == plain for ids in sibling_lists(config["layout"]) for i in range(len(ids) - 1) if ids[i] == frames)
     props = next(c["props"] for c in config["components"] if c["id"] == plain)
 
-    def triggers(dependency):
-        for target in dependency.get("targets", []):
-            yield (target[0], target[1]) if isinstance(target, list) else (target, dependency.get("trigger"))
-
-    toggled = any((compare, "change") in set(triggers(d)) and {frames, plain} <= set(d.get("outputs", [])) for d in config["dependencies"])
+    toggled = any((compare, "change") in set(event_triggers(d)) and {frames, plain} <= set(d.get("outputs", [])) for d in config["dependencies"])
     return {"follows_frames": follows, "hidden_at_start": props.get("visible") is False, "toggled_by_checkbox": toggled}
+
+
+def run_tab_job(server: dict, button: str, overrides: dict) -> dict:
+    """Press a tab's button as the browser does, through gradio's /run/predict: every input at its default
+    but those in `overrides` (by elem_id or label); returns the outputs by elem_id or label."""
+    components = {c["id"]: c.get("props", {}) for c in server["config"]["components"]}
+    button_id = next(i for i, props in components.items() if props.get("elem_id") == button)
+    index, dependency = next(
+        (d.get("id", i), d)  # 4.x numbers its functions, 3.x by position
+        for i, d in enumerate(server["config"]["dependencies"])
+        if (button_id, "click") in set(event_triggers(d)) and d.get("backend_fn")
+    )
+    name = lambda props: props.get("elem_id") if props.get("elem_id") in overrides else props.get("label")  # noqa: E731
+    data = [overrides.get(name(components[i]), components[i].get("value")) for i in dependency["inputs"]]
+    status, body = call(server, "/run/predict", {"fn_index": index, "data": data, "session_hash": "e2e"})
+    assert status == 200, body
+    outputs = [components[i].get("elem_id") or components[i].get("label") for i in dependency["outputs"]]
+    return dict(zip(outputs, body["data"]))
+
+
+def tab_image(server: dict, png_base64: str):
+    """An image for a tab's image input as the browser sends it: a data URL under gradio 3, a file uploaded
+    to /upload first and named by its path under gradio 4."""
+    if str(server["config"].get("version", "")).startswith("3"):
+        return "data:image/png;base64," + png_base64
+    boundary = "smooth-e2e-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="image.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + base64.b64decode(png_base64)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        server["base"] + "/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        path = json.loads(response.read())[0]
+    return {"path": path, "orig_name": "image.png", "meta": {"_type": "gradio.FileData"}}
+
+
+def table_rows(html_text: str) -> dict:
+    """The tab's figures table: {row name: [cells]}."""
+    return {cells[0]: cells[1:] for row in re.findall(r"<tr>(.*?)</tr>", html_text) if (cells := re.findall(r"<td>(.*?)</td>", row))}
+
+
+def check_tab_comparisons(server: dict, lora: str) -> None:
+    """Both panels' 'Also without the LoRA', pressed through the UI's own endpoint: each run shown with a
+    figures row of its own (the LoRA makes them differ) and saved in a folder of its own; `server` has
+    the UI's config and the folder the tab saves into."""
+    common = {
+        "smooth_diffusion_task": "task(e2e-compare)",
+        "Smooth-LoRA": lora,
+        "DDIM steps": 3,
+        "Width (0: model's native size)": 64,
+        "Height (0: model's native size)": 64,
+    }
+    out = run_tab_job(
+        server,
+        "smooth_diffusion_interpolate",
+        dict(common, **{"Prompt A": "a photo of a cat", "Frames": 4, "smooth_diffusion_compare": True}),
+    )
+    rows = table_rows(out["smooth_diffusion_interpolate_log"])
+    assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], out
+    assert len(out["smooth_diffusion_gallery"]) == len(out["smooth_diffusion_gallery_plain"]) == 4
+    alone = run_tab_job(server, "smooth_diffusion_interpolate", dict(common, **{"Prompt A": "a photo of a cat", "Frames": 4}))
+    assert set(table_rows(alone["smooth_diffusion_interpolate_log"])) == {"with LoRA"} and not alone["smooth_diffusion_gallery_plain"]
+
+    image_field = tab_image(server, drawn())
+    out = run_tab_job(
+        server,
+        "smooth_diffusion_invert",
+        dict(
+            common,
+            **{"smooth_diffusion_image": image_field, "Source prompt (describes the image)": "a circle", "smooth_diffusion_invert_compare": True},
+        ),
+    )
+    rows = table_rows(out["smooth_diffusion_invert_log"])
+    assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], out
+    assert len(out["smooth_diffusion_inversion_gallery"]) == 3  # input, reconstruction with and without the LoRA
+    saved = sorted(re.sub(r"^\d{6}-|-\d+$", "", p.name) for p in server["results"].glob("*/*"))  # HHMMSS-job[-n]
+    assert saved == ["interpolate", "interpolate", "interpolate-without-lora", "invert", "invert-without-lora"], saved

@@ -28,7 +28,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import call, drawn, free_port, image, interpolation_comparison_layout, interrupted, pasted_txt2img, png_info, stop
+from helpers import (
+    call,
+    check_tab_comparisons,
+    drawn,
+    free_port,
+    image,
+    interpolation_comparison_layout,
+    interrupted,
+    pasted_txt2img,
+    png_info,
+    stop,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FORGE = os.environ.get("FORGE_DIR")
@@ -396,7 +407,31 @@ def test_routes_honour_api_auth(installed, forge):
         stop(process)
 
 
-def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
+@pytest.fixture(scope="module")
+def forge_ui(installed):
+    """Forge with its UI, saving the tab's results into the test's own folder; yields its base URL, its
+    gradio /config, that folder and the log."""
+    root = installed["root"]
+    results = root / "ui-outputs"
+    (root / "config.json").write_text(json.dumps({"smooth_diffusion_outdir": str(results)}))
+    process, base, log = launch(root, installed["checkpoint"], ui=True)
+    try:
+        with urllib.request.urlopen(base + "/config", timeout=60) as response:
+            config = json.loads(response.read())
+        yield {"base": base, "config": config, "results": results, "log": log}
+    finally:
+        stop(process)
+        (root / "config.json").unlink(missing_ok=True)
+
+
+def test_the_tabs_comparison_runs_the_same_job_without_the_lora(forge_ui):
+    """'Also without the LoRA' in the Interpolation and Inversion panels under gradio 4.40, pressed as in
+    the browser: both runs shown with a figures row each, both saved."""
+    check_tab_comparisons(forge_ui, "smooth-e2e")
+    assert errors_of_ours(forge_ui["log"]) == []
+
+
+def test_the_tab_and_the_accordion_build_under_forges_gradio(forge_ui):
     """The full UI (Forge's gradio 4.40): the tab's three panels with their Interrupt buttons, sliders bounded
     by the request models the API validates with, the run without the LoRA right under the LoRA run's frames
     when asked for, and the accordion."""
@@ -404,12 +439,7 @@ def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
 
     from lib_smooth.requests import InterpolateRequest, IstdRequest
 
-    process, base, log = launch(installed["root"], installed["checkpoint"], ui=True)
-    try:
-        with urllib.request.urlopen(base + "/config", timeout=60) as response:
-            config = json.loads(response.read())
-    finally:
-        stop(process)
+    config = forge_ui["config"]
     components = [c.get("props", {}) for c in config["components"]]
     ids = {props.get("elem_id") for props in components}
     assert {"smooth_diffusion_interpolate_interrupt", "smooth_diffusion_invert_interrupt", "smooth_diffusion_istd_interrupt"} <= ids
@@ -421,7 +451,7 @@ def test_the_tab_and_the_accordion_build_under_forges_gradio(installed, forge):
         assert sliders and all((p["minimum"], p["maximum"]) == (meta["low"], meta["high"]) for p in sliders), label
     assert "cannot run in this WebUI" not in json.dumps(config)
     assert interpolation_comparison_layout(config) == {"follows_frames": True, "hidden_at_start": True, "toggled_by_checkbox": True}
-    assert errors_of_ours(log) == []
+    assert errors_of_ours(forge_ui["log"]) == []
 
 
 @pytest.mark.skipif(

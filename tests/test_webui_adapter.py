@@ -328,3 +328,13 @@ def test_each_tab_job_gets_a_folder_of_its_own(monkeypatch, tmp_path):
     folders = [ui._outdir("invert") for _ in range(3)]
     assert len(set(folders)) == 3 and all(folder.is_dir() and not any(folder.iterdir()) for folder in folders)
     assert all(re.fullmatch(r"\d{6}-invert(-\d+)?", folder.name) for folder in folders)
+
+
+def test_empty_boxes_are_empty_text_or_a_named_refusal():
+    """gradio 4 gives None for an empty textbox and a cleared number box: text becomes "", a seed is asked for by name."""
+    import lib_smooth.webui.ui as ui
+
+    assert ui._text(None) == "" and ui._text("a cat") == "a cat"
+    assert ui._seed(7.0, "Seed A") == 7
+    with pytest.raises(ValueError, match="Seed A is empty: enter a whole number"):
+        ui._seed(None, "Seed A")

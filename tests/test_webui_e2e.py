@@ -24,7 +24,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import call, drawn, free_port, image, interpolation_comparison_layout, interrupted, pasted_txt2img, png_info, stop
+from helpers import (
+    call,
+    check_tab_comparisons,
+    drawn,
+    free_port,
+    image,
+    interpolation_comparison_layout,
+    interrupted,
+    pasted_txt2img,
+    png_info,
+    stop,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = os.environ.get("WEBUI_DIR")
@@ -688,25 +699,6 @@ def webui_ui(installed):
         (root / "config.json").unlink(missing_ok=True)
 
 
-def run_tab_job(server: dict, button: str, overrides: dict) -> dict:
-    """Press a tab's button as the browser does, through gradio's /run/predict: every input at its default
-    but those in `overrides` (by elem_id or label); returns the outputs by elem_id or label."""
-    components = {c["id"]: c.get("props", {}) for c in server["config"]["components"]}
-    button_id = next(i for i, props in components.items() if props.get("elem_id") == button)
-    index, dependency = next((i, d) for i, d in enumerate(server["config"]["dependencies"]) if button_id in d["targets"] and d.get("backend_fn"))
-    name = lambda props: props.get("elem_id") if props.get("elem_id") in overrides else props.get("label")  # noqa: E731
-    data = [overrides.get(name(components[i]), components[i].get("value")) for i in dependency["inputs"]]
-    status, body = call(server, "/run/predict", {"fn_index": index, "data": data, "session_hash": "e2e"})
-    assert status == 200, body
-    outputs = [components[i].get("elem_id") or components[i].get("label") for i in dependency["outputs"]]
-    return dict(zip(outputs, body["data"]))
-
-
-def table_rows(html_text: str) -> dict:
-    """The tab's figures table: {row name: [cells]}."""
-    return {cells[0]: cells[1:] for row in re.findall(r"<tr>(.*?)</tr>", html_text) if (cells := re.findall(r"<td>(.*?)</td>", row))}
-
-
 def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_panel(webui_ui):
     """The full UI (gradio 3.41): every slider of the tab takes its bounds from the request model the API
     and the CLI validate with, each panel has its Interrupt button, and the run without the LoRA appears,
@@ -746,32 +738,7 @@ def test_the_tab_builds_with_the_request_models_limits_and_an_interrupt_per_pane
 def test_the_tabs_comparison_runs_the_same_job_without_the_lora(webui_ui):
     """'Also without the LoRA' in the Interpolation and Inversion panels, pressed as in the browser: both
     runs are shown with a figures row each (the LoRA makes them differ), and both are saved."""
-    common = {"smooth_diffusion_task": "task(e2e-compare)", "Smooth-LoRA": "smooth-e2e", "DDIM steps": 3}
-    out = run_tab_job(
-        webui_ui,
-        "smooth_diffusion_interpolate",
-        dict(common, **{"Prompt A": "a photo of a cat", "Frames": 4, "smooth_diffusion_compare": True}),
-    )
-    rows = table_rows(out["smooth_diffusion_interpolate_log"])
-    assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], rows
-    assert len(out["smooth_diffusion_gallery"]) == len(out["smooth_diffusion_gallery_plain"]) == 4
-    alone = run_tab_job(webui_ui, "smooth_diffusion_interpolate", dict(common, **{"Prompt A": "a photo of a cat", "Frames": 4}))
-    assert set(table_rows(alone["smooth_diffusion_interpolate_log"])) == {"with LoRA"} and not alone["smooth_diffusion_gallery_plain"]
-
-    image_field = "data:image/png;base64," + drawn()
-    out = run_tab_job(
-        webui_ui,
-        "smooth_diffusion_invert",
-        dict(
-            common,
-            **{"smooth_diffusion_image": image_field, "Source prompt (describes the image)": "a circle", "smooth_diffusion_invert_compare": True},
-        ),
-    )
-    rows = table_rows(out["smooth_diffusion_invert_log"])
-    assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], rows
-    assert len(out["smooth_diffusion_inversion_gallery"]) == 3  # input, reconstruction with and without the LoRA
-    saved = sorted(re.sub(r"^\d{6}-|-\d+$", "", p.name) for p in webui_ui["results"].glob("*/*"))  # HHMMSS-job[-n]
-    assert saved == ["interpolate", "interpolate", "interpolate-without-lora", "invert", "invert-without-lora"], saved
+    check_tab_comparisons(webui_ui, "smooth-e2e")
 
 
 def test_a_lora_added_after_start_up_is_found_without_a_refresh(webui, installed):

@@ -129,6 +129,18 @@ def save_run(job: str, images: dict, sidecar: dict, frames=None) -> Path:
     return folder
 
 
+def _text(value) -> str:
+    """A textbox's value: gradio 4 gives None for one left empty, which the requests take as ""."""
+    return "" if value is None else value
+
+
+def _seed(value, label: str) -> int:
+    """A seed box's value; a cleared box (None) is refused by name instead of failing inside int()."""
+    if value is None:
+        raise ValueError(f"{label} is empty: enter a whole number")
+    return int(value)
+
+
 def _size_fields(width, height) -> dict:
     """A size slider at 0 means the loaded model's native size (the request leaves it unset)."""
     return {"width": int(width) or None, "height": int(height) or None}
@@ -166,13 +178,13 @@ def interpolate(
     encode = lambda img: base64.b64encode(png_bytes(img)).decode() if img is not None else None  # noqa: E731
     request = validate(
         InterpolateRequest(
-            prompt_a=prompt_a,
-            prompt_b=prompt_b,
-            negative_prompt=negative,
+            prompt_a=_text(prompt_a),
+            prompt_b=_text(prompt_b),
+            negative_prompt=_text(negative),
             image_a=encode(image_a),
             image_b=encode(image_b),
-            seed_a=int(seed_a),
-            seed_b=int(seed_b),
+            seed_a=_seed(seed_a, "Seed A"),
+            seed_b=_seed(seed_b, "Seed B"),
             frames=int(frames),
             steps=int(steps),
             guidance=float(guidance),
@@ -237,8 +249,8 @@ def invert_or_edit(
         raise ValueError("upload an image to invert")
     fields = dict(
         image=base64.b64encode(png_bytes(image)).decode(),
-        prompt=prompt,
-        negative_prompt=negative,
+        prompt=_text(prompt),
+        negative_prompt=_text(negative),
         steps=int(steps),
         guidance=float(guidance),
         inversion_guidance=float(inversion_guidance),
@@ -246,6 +258,7 @@ def invert_or_edit(
         **_size_fields(width, height),
         **_lora_fields(lora, weight),
     )
+    target_prompt = _text(target_prompt)
     job = "edit" if target_prompt.strip() else "invert"
     request = validate(
         EditRequest(target_prompt=target_prompt, switch_ratio=float(switch_ratio), **fields) if job == "edit" else InvertRequest(**fields)
@@ -268,7 +281,7 @@ def invert_or_edit(
 
 
 def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidance, width, height, seed):
-    prompts = [line.strip() for line in prompts_text.splitlines() if line.strip()]
+    prompts = [line.strip() for line in _text(prompts_text).splitlines() if line.strip()]
     request = validate(
         IstdRequest(
             prompts=prompts,
@@ -277,7 +290,7 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
             steps=int(steps),
             guidance=float(guidance),
             **_size_fields(width, height),
-            seed=int(seed),
+            seed=_seed(seed, "Seed"),
             compare_without_lora=lora not in (None, "", NONE),
             **_lora_fields(lora, weight),
         )
