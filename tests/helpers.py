@@ -216,9 +216,10 @@ def table_rows(html_text: str) -> dict:
 
 
 def check_tab_comparisons(server: dict, lora: str) -> None:
-    """Both panels' 'Also without the LoRA', pressed through the UI's own endpoint: each run shown with a
-    figures row of its own (the LoRA makes them differ) and saved in a folder of its own; `server` has
-    the UI's config and the folder the tab saves into."""
+    """The panels' runs without the LoRA, pressed through the UI's own endpoint ('Also without the LoRA'
+    in Interpolation and Inversion, always in Smoothness): each run shown with a figures row of its own
+    (the LoRA makes them differ) and saved in a folder of its own; `server` has the UI's config and the
+    folder the tab saves into."""
     common = {
         "smooth_diffusion_task": "task(e2e-compare)",
         "Smooth-LoRA": lora,
@@ -249,5 +250,13 @@ def check_tab_comparisons(server: dict, lora: str) -> None:
     rows = table_rows(out["smooth_diffusion_invert_log"])
     assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], out
     assert len(out["smooth_diffusion_inversion_gallery"]) == 3  # input, reconstruction with and without the LoRA
+    # the Smoothness panel measures without the LoRA whenever one is chosen
+    out = run_tab_job(
+        server,
+        "smooth_diffusion_istd",
+        dict(common, **{"Prompts, one per line": "a cat", "Noise pairs per prompt": 1, "Points per sequence (paper: 11)": 3}),
+    )
+    rows = table_rows(out["smooth_diffusion_istd_log"])
+    assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], out
     saved = sorted(re.sub(r"^\d{6}-|-\d+$", "", p.name) for p in server["results"].glob("*/*"))  # HHMMSS-job[-n]
-    assert saved == ["interpolate", "interpolate", "interpolate-without-lora", "invert", "invert-without-lora"], saved
+    assert saved == ["interpolate", "interpolate", "interpolate-without-lora", "invert", "invert-without-lora", "istd"], saved

@@ -210,22 +210,29 @@ def interpolate(
     return result["frames"], animation, infotext(result["sidecar"]), plain_frames, plot, _comparison_html(figures) + saved
 
 
+def _table_html(corner: str, columns, rows, titles=None) -> str:
+    """A figures table, one row per run: rows are (run name, cells); titles are the columns' tooltips."""
+    header = "".join(
+        f"<th title='{title}'>{name}</th>" if title else f"<th>{name}</th>" for name, title in zip(columns, titles or [None] * len(columns))
+    )
+    body = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" for name, cells in rows)
+    return f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th>{corner}</th>{header}</tr>{body}</table></div>"
+
+
 def _comparison_html(figures) -> str:
-    """ISTD and its companions of each run, one row per run."""
+    """ISTD and its companions of each run."""
     keys = ("istd", "normalized_istd", "max_step_ratio", "mean_step")
-    header = "".join(f"<th title='{EXPLANATIONS[key]}'>{key}</th>" for key in keys)
-    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{getattr(s, key):.4g}</td>" for key in keys) + "</tr>" for name, s in figures)
-    return f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
+    rows = [(name, [f"{getattr(s, key):.4g}" for key in keys]) for name, s in figures]
+    return _table_html("", keys, rows, [EXPLANATIONS[key] for key in keys])
 
 
 def _reconstruction_html(runs) -> str:
-    """Reconstruction metrics of each run, one row per run."""
-    cells = lambda m: (f"{m['psnr']:.2f} dB", f"{m['ssim']:.4f}", f"{m['mse']:.4f}", "unavailable" if m["lpips"] is None else f"{m['lpips']:.4f}")  # noqa: E731
-    header = "".join(f"<th>{name}</th>" for name in ("PSNR", "SSIM", "MSE", "LPIPS"))
-    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{cell}</td>" for cell in cells(m)) + "</tr>" for name, m in runs)
-    return (
-        f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th>reconstruction</th>{header}</tr>{rows}</table></div>"
-    )
+    """Reconstruction metrics of each run."""
+    rows = [
+        (name, [f"{m['psnr']:.2f} dB", f"{m['ssim']:.4f}", f"{m['mse']:.4f}", "unavailable" if m["lpips"] is None else f"{m['lpips']:.4f}"])
+        for name, m in runs
+    ]
+    return _table_html("reconstruction", ("PSNR", "SSIM", "MSE", "LPIPS"), rows)
 
 
 def invert_or_edit(
@@ -299,12 +306,11 @@ def smoothness(task_id, lora, weight, prompts_text, pairs, points, steps, guidan
     reports = [("with LoRA" if request.lora else "checkpoint", result["istd"])]
     if "istd_without_lora" in result:
         reports.append(("without LoRA", result["istd_without_lora"]))
-    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{r['mean'][k]:.4g}</td>" for k in EXPLANATIONS) + "</tr>" for name, r in reports)
-    header = "".join(f"<th title='{text}'>{key}</th>" for key, text in EXPLANATIONS.items())
+    rows = [(name, [f"{r['mean'][key]:.4g}" for key in EXPLANATIONS]) for name, r in reports]
     notes = "".join(f"<li><b>{key}</b>: {text}</li>" for key, text in EXPLANATIONS.items())
     html = (
-        f"<div class='smooth-diffusion-table-wrap'><table class='smooth-diffusion-table'><tr><th></th>{header}</tr>{rows}</table></div>"
-        f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>"
+        _table_html("", list(EXPLANATIONS), rows, list(EXPLANATIONS.values()))
+        + f"<p>{request_size(result)} px, {len(prompts)} prompts × {int(pairs)} pairs, {int(points)} points</p><ul>{notes}</ul>"
     )
     plot = distance_plot([(name, report["mean"]["distances"], report["mean"]["mean_step"]) for name, report in reports])
     save_run("istd", {"distances": plot}, dict(result["sidecar"], report={name: r for name, r in reports}))
