@@ -331,7 +331,7 @@ def test_each_tab_job_gets_a_folder_of_its_own(monkeypatch, tmp_path):
 
 
 def test_empty_boxes_are_empty_text_or_a_named_refusal():
-    """gradio 4 gives None for an empty textbox and a cleared number box: text becomes "", a seed is asked for by name."""
+    """None (a gradio 4 client's default textbox, a cleared number box): text becomes "", a seed is asked for by name."""
     import lib_smooth.webui.ui as ui
 
     assert ui._text(None) == "" and ui._text("a cat") == "a cat"

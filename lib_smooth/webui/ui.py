@@ -130,7 +130,8 @@ def save_run(job: str, images: dict, sidecar: dict, frames=None) -> Path:
 
 
 def _text(value) -> str:
-    """A textbox's value: gradio 4 gives None for one left empty, which the requests take as ""."""
+    """A textbox's value, "" for None: what a gradio 4 client sends for a textbox it leaves at its default
+    (a browser sends "")."""
     return "" if value is None else value
 
 
