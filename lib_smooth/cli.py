@@ -10,13 +10,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import __version__
 from .console import check_device, check_formats, frame_rate, load_backend, prepare_output_folder, progress_bar
 from .errors import SmoothDiffusionError
 from .export import ANIMATION_FORMATS, write_animation, write_json, write_pngs
-from .metrics import EXPLANATIONS
+from .metrics import EXPLANATIONS, smoothness
 from .requests import JOB_REQUESTS, image_file_to_field, number, type_name, validate
 
 JOBS = JOB_REQUESTS
@@ -169,32 +170,53 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
     finally:
         bar.close()
     if name == "interpolate":
-        record = dict(
-            result.sidecar,
-            files={
-                "frames": [str(p) for p in write_pngs(result.frames, out / "frames")],
-                "animation": write_animation(result.frames, out / "interpolation", args.formats, args.fps),
-            },
-        )
+        record = _interpolation_record(result, out, "", args)
+        if result.without_lora is not None:  # beside, under the same names with a _without_lora suffix
+            record["without_lora"] = _interpolation_record(result.without_lora, out, "_without_lora", args)
     elif name in ("invert", "edit"):
-        files = {"input": out / "input.png", "reconstruction": out / "reconstruction.png"}
-        if result.edited is not None:
-            files["edited"] = out / "edited.png"
-            result.edited.save(files["edited"])
-        result.input.save(files["input"])
-        result.reconstruction.save(files["reconstruction"])
-        record = dict(result.sidecar, files={k: str(v) for k, v in files.items()})
+        record = _inversion_record(result, out, "")
+        if result.without_lora is not None:
+            record["without_lora"] = _inversion_record(result.without_lora, out, "_without_lora")
     else:
         record = dict(result.sidecar, explanations=EXPLANATIONS)
     write_json(record, out / f"{name}.json")
     return record
 
 
+def _interpolation_record(result, out: Path, suffix: str, args: argparse.Namespace) -> dict:
+    """Frames and animation written; the sidecar with their files and the sequence's smoothness figures."""
+
+    files = {
+        "frames": [str(p) for p in write_pngs(result.frames, out / f"frames{suffix}")],
+        "animation": write_animation(result.frames, out / f"interpolation{suffix}", args.formats, args.fps),
+    }
+    figures = {k: v for k, v in smoothness(result.frames).as_dict().items() if k != "distances"}
+    return dict(result.sidecar, files=files, smoothness=figures)
+
+
+def _inversion_record(result, out: Path, suffix: str) -> dict:
+    files = {"input": out / "input.png", "reconstruction": out / f"reconstruction{suffix}.png"}
+    if result.edited is not None:
+        files["edited"] = out / f"edited{suffix}.png"
+        result.edited.save(files["edited"])
+    result.input.save(files["input"])
+    result.reconstruction.save(files["reconstruction"])
+    return dict(result.sidecar, files={k: str(v) for k, v in files.items()})
+
+
 def _print_summary(name: str, record: dict, out: str) -> None:
+    runs = [("with LoRA" if record.get("lora") else "model", record)] + (
+        [("without LoRA", record["without_lora"])] if "without_lora" in record else []
+    )
     if name in ("invert", "edit"):
-        metrics = record["metrics"]
-        lpips = f"{metrics['lpips']:.4f}" if metrics["lpips"] is not None else metrics.get("lpips_note", "unavailable")
-        print(f"reconstruction: MSE {metrics['mse']:.4f}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  LPIPS {lpips}")
+        for label, run in runs:
+            metrics = run["metrics"]
+            lpips = f"{metrics['lpips']:.4f}" if metrics["lpips"] is not None else metrics.get("lpips_note", "unavailable")
+            print(f"reconstruction, {label}: MSE {metrics['mse']:.4f}  PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}  LPIPS {lpips}")
+    if name == "interpolate":
+        for label, run in runs:
+            figures = run["smoothness"]
+            print(f"{label}: " + "  ".join(f"{key} {figures[key]:.4g}" for key in ("istd", "normalized_istd", "max_step_ratio", "mean_step")))
     if name == "istd":
         for label, key in (("with LoRA" if record.get("lora") else "model", "istd"), ("without LoRA", "istd_without_lora")):
             if key in record:

@@ -8,6 +8,7 @@ applied for the job and always removed afterwards, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional
@@ -79,6 +80,20 @@ def _sha(image: Image.Image) -> str:
 class InterpolationResult:
     frames: List[Image.Image]
     sidecar: dict
+    without_lora: Optional["InterpolationResult"] = None  # with compare_without_lora: the same job without the LoRA
+
+
+def _without_lora(job: Callable, backend: Backend, r, cache: Optional[InversionCache], progress: Optional[Progress]):
+    """`job` on request `r` and, with r.compare_without_lora, again without the LoRA (the LoRA the only
+    difference); one progress count over both runs, which take equal work."""
+    if not r.compare_without_lora:
+        return job(backend, r, cache, progress)
+    halves = [
+        None if progress is None else (lambda done, total, latent, half=half: progress(done + half * total, 2 * total, latent)) for half in (0, 1)
+    ]
+    result = job(backend, r, cache, halves[0])
+    result.without_lora = job(backend, dataclasses.replace(r, lora=None, compare_without_lora=False), cache, halves[1])
+    return result
 
 
 def _inversion_cost(request, images: int) -> int:
@@ -93,7 +108,10 @@ def run_interpolate(
     backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None
 ) -> InterpolationResult:
     """Frames between two ends, each end an inverted image or a seed's noise, prompts blended."""
-    r = sized(validate(request), backend)
+    return _without_lora(_interpolate, backend, sized(validate(request), backend), cache, progress)
+
+
+def _interpolate(backend: Backend, r: InterpolateRequest, cache: Optional[InversionCache], progress: Optional[Progress]) -> InterpolationResult:
     prompt_b = r.prompt_b or r.prompt_a
     ends = [(r.image_a, r.seed_a, r.prompt_a, "image_a"), (r.image_b, r.seed_b, prompt_b, "image_b")]
     batches = -(-r.frames // r.batch_size)
@@ -153,13 +171,17 @@ class InversionResult:
     sidecar: dict
     edited: Optional[Image.Image] = None
     x_T: Optional[torch.Tensor] = field(default=None, repr=False)
+    without_lora: Optional["InversionResult"] = None  # with compare_without_lora: the same job without the LoRA
 
 
 def run_invert(
     backend: Backend, request: InvertRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None
 ) -> InversionResult:
     """Invert → reconstruct (→ edit by prompt switch for an EditRequest); metrics of the reconstruction."""
-    r = sized(validate(request), backend)
+    return _without_lora(_invert, backend, sized(validate(request), backend), cache, progress)
+
+
+def _invert(backend: Backend, r: InvertRequest, cache: Optional[InversionCache], progress: Optional[Progress]) -> InversionResult:
     editing = isinstance(r, EditRequest)
     counter = StepCounter(_inversion_cost(r, 1) + r.steps * (2 if editing else 1), progress)
     picture = prepare_image(open_image_field("image", r.image), r.width, r.height)

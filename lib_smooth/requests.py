@@ -56,6 +56,12 @@ class SamplingOptions:
     height: Optional[int] = option(None, "image height in pixels", 64, 2048, multiple_of=8, default_text="the model's native size")
 
 
+def check_comparison(request) -> None:
+    """A job run also without the LoRA needs a LoRA to compare with."""
+    if request.compare_without_lora and not request.lora:
+        raise RequestError("compare_without_lora needs a lora to compare with")
+
+
 @dataclass
 class InterpolateRequest(SamplingOptions, ModelOptions):
     prompt_a: str = option("", "prompt of the first end (and of both ends unless prompt_b is given)")
@@ -78,8 +84,10 @@ class InterpolateRequest(SamplingOptions, ModelOptions):
     )
     null_text_steps: int = option(10, "null-text inversion: Adam steps per sampling step, early stop allowed (official demo: 10)", 1, 50)
     batch_size: int = option(8, "frames sampled together", 1, 64)
+    compare_without_lora: bool = option(False, "also interpolate between the same ends without the LoRA")
 
     def check(self) -> None:
+        check_comparison(self)
         if not self.prompt_a and not self.prompt_b and not (self.image_a or self.image_b):
             raise RequestError("give at least prompt_a (or an image) to interpolate")
         if self.inversion == "dual-null-text" and not (self.image_a and self.image_b):
@@ -102,8 +110,10 @@ class InvertRequest(SamplingOptions, ModelOptions):
         choices=INVERSION_MODES,
     )
     null_text_steps: int = option(10, "null-text inversion: Adam steps per sampling step, early stop allowed (official demo: 10)", 1, 50)
+    compare_without_lora: bool = option(False, "also invert (and edit) the same image without the LoRA")
 
     def check(self) -> None:
+        check_comparison(self)
         if not self.image:
             raise RequestError("image is required")
 
@@ -129,10 +139,9 @@ class IstdRequest(SamplingOptions, ModelOptions):
     compare_without_lora: bool = option(False, "also measure the model without the LoRA")
 
     def check(self) -> None:
+        check_comparison(self)
         if not [p for p in self.prompts if p.strip()]:
             raise RequestError("give at least one non-empty prompt")
-        if self.compare_without_lora and not self.lora:
-            raise RequestError("compare_without_lora needs a lora to compare with")
 
 
 @dataclass

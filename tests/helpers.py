@@ -260,3 +260,25 @@ def check_tab_comparisons(server: dict, lora: str) -> None:
     assert set(rows) == {"with LoRA", "without LoRA"} and rows["with LoRA"] != rows["without LoRA"], out
     saved = sorted(re.sub(r"^\d{6}-|-\d+$", "", p.name) for p in server["results"].glob("*/*"))  # HHMMSS-job[-n]
     assert saved == ["interpolate", "interpolate", "interpolate-without-lora", "invert", "invert-without-lora", "istd"], saved
+
+
+def check_routes_without_lora(server: dict, lora: str, size: dict) -> None:
+    """The interpolate and invert routes with compare_without_lora: the second run is the route's own answer
+    without the LoRA (same pixels), the first differs from it; without a LoRA the option is refused."""
+    ends = {"prompt_a": "a photo of a cat", "seed_a": 1, "seed_b": 2, "frames": 3, "steps": 2, **size}
+    status, both = call(server, "/smooth-diffusion/v1/interpolate", dict(ends, lora=lora, compare_without_lora=True))
+    assert status == 200, both
+    status, plain = call(server, "/smooth-diffusion/v1/interpolate", ends)
+    assert status == 200, plain
+    assert [image(f).tolist() for f in both["frames_without_lora"]] == [image(f).tolist() for f in plain["frames"]]
+    assert image(both["frames"][1]).tolist() != image(plain["frames"][1]).tolist()
+    assert both["sidecar_without_lora"]["lora"] is None and both["sidecar"]["lora"]["name"].startswith(lora)
+    request = {"image": drawn(), "prompt": "a circle", "steps": 2, **size}
+    status, both = call(server, "/smooth-diffusion/v1/invert", dict(request, lora=lora, compare_without_lora=True))
+    assert status == 200, both
+    status, plain = call(server, "/smooth-diffusion/v1/invert", request)
+    assert status == 200, plain
+    assert image(both["reconstruction_without_lora"]).tolist() == image(plain["reconstruction"]).tolist()
+    assert both["metrics_without_lora"] == plain["metrics"] and both["metrics"] != plain["metrics"]
+    status, body = call(server, "/smooth-diffusion/v1/interpolate", dict(ends, compare_without_lora=True))
+    assert status == 422 and "compare_without_lora needs a lora" in json.dumps(body), body

@@ -102,6 +102,24 @@ def test_interpolate_and_istd_commands(tmp_path, capsys):
     assert len(istd["per_prompt"]) == 2 and istd["resolution"] == [64, 64]
 
 
+def test_interpolate_and_invert_also_without_the_lora(tmp_path, capsys):
+    """--compare-without-lora writes the run without the LoRA beside the other, and prints both runs' figures."""
+    from lib_smooth.backends.shapes_model import DEMO_IMAGE, SMOOTH_LORA
+
+    common = ["--lora", str(SMOOTH_LORA), "--compare-without-lora", "--steps", "2"]
+    assert main(["interpolate", "--prompt-a", "a red shape", "--frames", "3", "--out", str(tmp_path / "i"), *common]) == 0
+    record = json.loads((tmp_path / "i" / "interpolate.json").read_text())
+    assert record["lora"]["name"] == SMOOTH_LORA.name and record["without_lora"]["lora"] is None
+    assert len(list((tmp_path / "i" / "frames_without_lora").glob("*.png"))) == 3 and (tmp_path / "i" / "interpolation_without_lora.gif").is_file()
+    assert record["smoothness"]["istd"] != record["without_lora"]["smoothness"]["istd"]
+    printed = capsys.readouterr().out
+    assert "with LoRA: istd" in printed and "without LoRA: istd" in printed
+    assert main(["invert", "--image", str(DEMO_IMAGE), "--prompt", "a red circle", "--out", str(tmp_path / "v"), *common]) == 0
+    record = json.loads((tmp_path / "v" / "invert.json").read_text())
+    assert (tmp_path / "v" / "reconstruction_without_lora.png").is_file() and record["without_lora"]["metrics"] != record["metrics"]
+    assert "reconstruction, without LoRA" in capsys.readouterr().out
+
+
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["interpolate", "--prompt-a", "a", "--frames", "1", "--out", str(tmp_path)]) == 2
     assert "frames must be between 2 and 240" in capsys.readouterr().err
@@ -135,6 +153,7 @@ def test_bad_command_lines_end_in_an_error_message_before_the_model_loads(tmp_pa
         (interpolate + ["--formats", "mp4"], "--formats mp4 needs the ffmpeg executable"),
         (interpolate + ["--steps", "1000"], "steps must be between 1 and 999"),
         (["istd", "--compare-without-lora", "--out", str(tmp_path / "istd")], "compare_without_lora needs a lora"),
+        (interpolate + ["--compare-without-lora"], "compare_without_lora needs a lora"),
         (interpolate + ["--inversion", "null-text"], "inversion null-text applies to image ends"),
     ]
     for argv, message in cases:

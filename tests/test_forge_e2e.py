@@ -30,6 +30,7 @@ from PIL import Image
 
 from helpers import (
     call,
+    check_routes_without_lora,
     check_tab_comparisons,
     drawn,
     free_port,
@@ -251,6 +252,10 @@ def test_istd_with_and_without_the_lora(forge):
     status, body = call(forge, "/smooth-diffusion/v1/istd", request)
     assert status == 200, body
     assert len(body["istd"]["per_prompt"]) == 2 and body["istd"]["mean"]["distances"] != body["istd_without_lora"]["mean"]["distances"]
+
+
+def test_routes_also_run_without_the_lora(forge):
+    check_routes_without_lora(forge, "smooth-e2e", SIZE)
 
 
 def test_bad_requests_get_clear_4xx_and_no_server_file_is_read(forge, tmp_path):

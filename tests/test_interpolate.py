@@ -121,3 +121,38 @@ def test_prompt_interpolation_changes_only_through_the_text(sd1):
     same_prompt = run_interpolate(sd1, InterpolateRequest(prompt_a="a red circle", seed_a=5, seed_b=6, frames=2, steps=4, width=64, height=64)).frames
     assert np.array_equal(np.asarray(frames[0]), np.asarray(same_prompt[0]))  # same seed, same prompt at w = 0
     assert not np.array_equal(np.asarray(frames[0]), np.asarray(frames[-1]))
+
+
+def test_compare_without_lora_runs_the_same_job_without_it(sd1, tmp_path):
+    """compare_without_lora: the first run is exactly the job with the LoRA, the second exactly the job
+    without it (a separate plain run's frames and reconstruction); one progress count over both."""
+    from lib_smooth.jobs import run_invert
+    from lib_smooth.lora_formats import LoraLayer, LoraNetwork, save_kohya
+    from lib_smooth.requests import InvertRequest
+
+    from helpers import attention_projections, random_lora
+
+    shapes = {p: tuple(m.weight.shape) for p, m in attention_projections(sd1.unet_model)}
+    layers = {"lora_unet_" + p.replace(".", "_"): LoraLayer(d, u) for p, (d, u) in random_lora(shapes, seed=3).items()}
+    save_kohya(LoraNetwork(layers, "kohya"), tmp_path / "smooth.safetensors")
+    lora = str(tmp_path / "smooth.safetensors")
+
+    def same(a, b):
+        return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+    common = dict(prompt_a="a cat", seed_a=1, seed_b=2, frames=3, steps=2, width=64, height=64)
+    ticks = []
+    both = run_interpolate(sd1, InterpolateRequest(**common, lora=lora, compare_without_lora=True), progress=lambda d, t, _: ticks.append((d, t)))
+    with_lora, plain = run_interpolate(sd1, InterpolateRequest(**common, lora=lora)), run_interpolate(sd1, InterpolateRequest(**common))
+    assert same(both.frames, with_lora.frames) and same(both.without_lora.frames, plain.frames) and not same(plain.frames, with_lora.frames)
+    assert both.sidecar["lora"]["name"] == "smooth.safetensors" and both.without_lora.sidecar["lora"] is None
+    assert len({t for _, t in ticks}) == 1 and [d for d, _ in ticks] == sorted(d for d, _ in ticks) and ticks[-1][0] == ticks[-1][1]
+    assert run_interpolate(sd1, InterpolateRequest(**common)).without_lora is None
+
+    picture = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="red")
+    request = dict(image=b64(picture), prompt="a red circle", steps=2, width=64, height=64)
+    both = run_invert(sd1, InvertRequest(**request, lora=lora, compare_without_lora=True))
+    plain = run_invert(sd1, InvertRequest(**request))
+    assert same([both.without_lora.reconstruction], [plain.reconstruction]) and both.without_lora.metrics == plain.metrics
+    assert not same([both.reconstruction], [plain.reconstruction])

@@ -26,6 +26,7 @@ from PIL import Image
 
 from helpers import (
     call,
+    check_routes_without_lora,
     check_tab_comparisons,
     drawn,
     free_port,
@@ -294,6 +295,10 @@ def test_istd_with_and_without_lora(webui):
     assert len(body["istd"]["per_prompt"]) == 2 and body["istd"]["resolution"] == [64, 64]
     assert body["istd"]["mean"]["distances"] != body["istd_without_lora"]["mean"]["distances"]
     assert set(body["explanations"]) >= {"istd", "normalized_istd", "mean_step"}
+
+
+def test_routes_also_run_without_the_lora(webui):
+    check_routes_without_lora(webui, "smooth-e2e", {"width": 64, "height": 64})
 
 
 def test_bad_requests_get_clear_4xx_and_the_server_stays_up(webui):

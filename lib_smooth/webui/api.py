@@ -79,11 +79,19 @@ def _execute(name: str, request, progress: Callable) -> dict:
 
     result = run(name, open_backend(), request, _CACHE, progress)  # the backend resolves `lora` as a Lora-folder name
     if name == "interpolate":
-        return {"frames": result.frames, "sidecar": result.sidecar}
+        response = {"frames": result.frames, "sidecar": result.sidecar}
+        if result.without_lora is not None:
+            response.update(frames_without_lora=result.without_lora.frames, sidecar_without_lora=result.without_lora.sidecar)
+        return response
     if name in ("invert", "edit"):
         response = {"input": result.input, "reconstruction": result.reconstruction, "metrics": result.metrics, "sidecar": result.sidecar}
         if result.edited is not None:
             response["edited"] = result.edited
+        plain = result.without_lora
+        if plain is not None:
+            response.update(reconstruction_without_lora=plain.reconstruction, metrics_without_lora=plain.metrics, sidecar_without_lora=plain.sidecar)
+            if plain.edited is not None:
+                response["edited_without_lora"] = plain.edited
         return response
     response = {"istd": result.with_lora.as_dict(), "sidecar": result.sidecar, "explanations": EXPLANATIONS}
     if result.without_lora is not None:
@@ -103,11 +111,12 @@ def run_job(name: str, body: Dict[str, Any]) -> dict:
             response = execute(name, request)
         finally:
             shared.state.end()
-    for key in ("input", "reconstruction", "edited"):
+    for key in ("input", "reconstruction", "edited", "reconstruction_without_lora", "edited_without_lora"):
         if key in response:
             response[key] = b64png(response[key])
-    if "frames" in response:
-        response["frames"] = [b64png(frame) for frame in response["frames"]]
+    for key in ("frames", "frames_without_lora"):
+        if key in response:
+            response[key] = [b64png(frame) for frame in response[key]]
     return response
 
 

@@ -8,7 +8,6 @@ ETA, live preview and Interrupt work as in txt2img.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import html
 from pathlib import Path
@@ -193,6 +192,7 @@ def interpolate(
             inversion=inversion,
             **_size_fields(width, height),
             **_lora_fields(lora, weight),
+            compare_without_lora=bool(compare),
         )
     )
     result = execute("interpolate", request)
@@ -201,11 +201,10 @@ def interpolate(
     runs = [("with LoRA" if request.lora else "checkpoint", result["frames"])]
     plain_frames = None
     saved = f"<p>Saved to {folder}</p>"
-    if compare and request.lora:  # the same ends, seeds and prompts without the LoRA: the LoRA is the only difference
-        plain = execute("interpolate", dataclasses.replace(request, lora=None))
-        plain_frames = plain["frames"]
+    if "frames_without_lora" in result:  # the same ends, seeds and prompts without the LoRA: the LoRA is the only difference
+        plain_frames = result["frames_without_lora"]
         runs.append(("without LoRA", plain_frames))
-        saved += f"<p>Without the LoRA: {save_run('interpolate-without-lora', {}, plain['sidecar'], plain_frames)}</p>"
+        saved += f"<p>Without the LoRA: {save_run('interpolate-without-lora', {}, result['sidecar_without_lora'], plain_frames)}</p>"
     figures = [(name, sequence_smoothness(frames)) for name, frames in runs]
     plot = distance_plot([(name, s.distances, s.mean_step) for name, s in figures])
     return result["frames"], animation, infotext(result["sidecar"]), plain_frames, plot, _comparison_html(figures) + saved
@@ -265,6 +264,7 @@ def invert_or_edit(
         inversion=inversion,
         **_size_fields(width, height),
         **_lora_fields(lora, weight),
+        compare_without_lora=bool(compare),
     )
     target_prompt = _text(target_prompt)
     job = "edit" if target_prompt.strip() else "invert"
@@ -278,13 +278,12 @@ def invert_or_edit(
     runs = [("with LoRA" if request.lora else "checkpoint", result["metrics"])]
     shown = list(images.values())
     saved = f"<p>Saved to {save_run(job, images, result['sidecar'])}</p>"
-    if compare and request.lora:  # the same image and prompts without the LoRA: the LoRA is the only difference
-        plain = execute(job, dataclasses.replace(request, lora=None))
-        plain_images = {name: plain[name] for name in ("reconstruction", "edited") if name in plain}
+    if "metrics_without_lora" in result:  # the same image and prompts without the LoRA: the LoRA is the only difference
+        plain_images = {name: result[f"{name}_without_lora"] for name in ("reconstruction", "edited") if f"{name}_without_lora" in result}
         shown += list(plain_images.values())
-        runs.append(("without LoRA", plain["metrics"]))
+        runs.append(("without LoRA", result["metrics_without_lora"]))
         saved = f"<p>Gallery: the input, then {' and '.join(plain_images)} with the LoRA, then without it.</p>" + saved
-        saved += f"<p>Without the LoRA: {save_run(f'{job}-without-lora', plain_images, plain['sidecar'])}</p>"
+        saved += f"<p>Without the LoRA: {save_run(f'{job}-without-lora', plain_images, result['sidecar_without_lora'])}</p>"
     return shown, infotext(result["sidecar"]), _reconstruction_html(runs) + saved
 
 
