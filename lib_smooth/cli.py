@@ -185,7 +185,6 @@ def run_job(name: str, args: argparse.Namespace) -> dict:
 
 def _interpolation_record(result, out: Path, suffix: str, args: argparse.Namespace) -> dict:
     """Frames and animation written; the sidecar with their files and the sequence's smoothness figures."""
-
     files = {
         "frames": [str(p) for p in write_pngs(result.frames, out / f"frames{suffix}")],
         "animation": write_animation(result.frames, out / f"interpolation{suffix}", args.formats, args.fps),

@@ -83,7 +83,7 @@ class InterpolationResult:
     without_lora: Optional["InterpolationResult"] = None  # with compare_without_lora: the same job without the LoRA
 
 
-def _without_lora(job: Callable, backend: Backend, r, cache: Optional[InversionCache], progress: Optional[Progress]):
+def _with_comparison(job: Callable, backend: Backend, r, cache: Optional[InversionCache], progress: Optional[Progress]):
     """`job` on request `r` and, with r.compare_without_lora, again without the LoRA (the LoRA the only
     difference); one progress count over both runs, which take equal work."""
     if not r.compare_without_lora:
@@ -108,7 +108,7 @@ def run_interpolate(
     backend: Backend, request: InterpolateRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None
 ) -> InterpolationResult:
     """Frames between two ends, each end an inverted image or a seed's noise, prompts blended."""
-    return _without_lora(_interpolate, backend, sized(validate(request), backend), cache, progress)
+    return _with_comparison(_interpolate, backend, sized(validate(request), backend), cache, progress)
 
 
 def _interpolate(backend: Backend, r: InterpolateRequest, cache: Optional[InversionCache], progress: Optional[Progress]) -> InterpolationResult:
@@ -178,7 +178,7 @@ def run_invert(
     backend: Backend, request: InvertRequest, cache: Optional[InversionCache] = None, progress: Optional[Progress] = None
 ) -> InversionResult:
     """Invert → reconstruct (→ edit by prompt switch for an EditRequest); metrics of the reconstruction."""
-    return _without_lora(_invert, backend, sized(validate(request), backend), cache, progress)
+    return _with_comparison(_invert, backend, sized(validate(request), backend), cache, progress)
 
 
 def _invert(backend: Backend, r: InvertRequest, cache: Optional[InversionCache], progress: Optional[Progress]) -> InversionResult:
