@@ -141,6 +141,19 @@ def _seed(value, label: str) -> int:
     return int(value)
 
 
+def _job_fields(steps, guidance, inversion_guidance, inversion, width, height, lora, weight, compare) -> dict:
+    """The request fields the Interpolation and Inversion panels share, from their components' values."""
+    return dict(
+        steps=int(steps),
+        guidance=float(guidance),
+        inversion_guidance=float(inversion_guidance),
+        inversion=inversion,
+        **_size_fields(width, height),
+        **_lora_fields(lora, weight),
+        compare_without_lora=bool(compare),
+    )
+
+
 def _size_fields(width, height) -> dict:
     """A size slider at 0 means the loaded model's native size (the request leaves it unset)."""
     return {"width": int(width) or None, "height": int(height) or None}
@@ -186,13 +199,7 @@ def interpolate(
             seed_a=_seed(seed_a, "Seed A"),
             seed_b=_seed(seed_b, "Seed B"),
             frames=int(frames),
-            steps=int(steps),
-            guidance=float(guidance),
-            inversion_guidance=float(inversion_guidance),
-            inversion=inversion,
-            **_size_fields(width, height),
-            **_lora_fields(lora, weight),
-            compare_without_lora=bool(compare),
+            **_job_fields(steps, guidance, inversion_guidance, inversion, width, height, lora, weight, compare),
         )
     )
     result = execute("interpolate", request)
@@ -258,13 +265,7 @@ def invert_or_edit(
         image=base64.b64encode(png_bytes(image)).decode(),
         prompt=_text(prompt),
         negative_prompt=_text(negative),
-        steps=int(steps),
-        guidance=float(guidance),
-        inversion_guidance=float(inversion_guidance),
-        inversion=inversion,
-        **_size_fields(width, height),
-        **_lora_fields(lora, weight),
-        compare_without_lora=bool(compare),
+        **_job_fields(steps, guidance, inversion_guidance, inversion, width, height, lora, weight, compare),
     )
     target_prompt = _text(target_prompt)
     job = "edit" if target_prompt.strip() else "invert"
